@@ -1,0 +1,189 @@
+"""Building blocks of every net: weightless RMSNorm, RoPE, gated attention, SwiGLU, the block and
+the stack (DESIGN.md §4). Nothing here knows about parallelism or about packing: attention takes
+an `AttentionContext` that says how tokens see each other (a packed layout for training, a KV
+cache for generation) and defers to models/attention.py, the one home of attention semantics.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import attention as attn_lib
+from models.config import StackConfig
+
+
+def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Weightless RMSNorm, computed in fp32 for stability and cast back."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
+
+
+def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [..., head_dim] for rotate-half RoPE, computed in fp32 from integer positions."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim)
+    freqs = position_ids.float()[..., None] * inv_freq
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, T, H, D]; cos/sin [B, T, D] in fp32. Rotation done in fp32, result in x's dtype."""
+    xf = x.float()
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+    return (xf * cos[:, :, None] + rotated * sin[:, :, None]).type_as(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Initializers
+
+
+def trunc_normal_(weight: torch.Tensor, std: float) -> torch.Tensor:
+    """Normal truncated at ±2 std, rescaled so the result really has standard deviation `std`
+    (plain truncation at 2 sigma shrinks it by a factor of about 0.88)."""
+    if std == 0:
+        return nn.init.zeros_(weight)
+    # std of a standard normal truncated to [-2, 2]
+    a, b = -2.0, 2.0
+    z = (math.erf(b / math.sqrt(2)) - math.erf(a / math.sqrt(2))) / 2  # probability mass inside
+    pdf = lambda t: math.exp(-t * t / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    truncated_std = math.sqrt(1 - 2 * b * pdf(b) / z)
+    return nn.init.trunc_normal_(weight, mean=0.0, std=std / truncated_std, a=a * std / truncated_std, b=b * std / truncated_std)
+
+
+def init_linear(weight: torch.Tensor, scheme: str, n_layers_total: int, is_output_proj: bool) -> None:
+    """`lecun_normal`: truncated normal with std 1/sqrt(fan_in). `fixed_normal`: normal, std 0.02.
+    `megatron`: normal, std 0.02, output projections (o_proj, down_proj) scaled by 1/sqrt(2 * layers)."""
+    fan_in = weight.shape[1]
+    if scheme == "lecun_normal":
+        trunc_normal_(weight, 1.0 / math.sqrt(fan_in))
+    elif scheme == "fixed_normal":
+        nn.init.normal_(weight, std=0.02)
+    elif scheme == "megatron":
+        std = 0.02 / math.sqrt(2 * n_layers_total) if is_output_proj else 0.02
+        nn.init.normal_(weight, std=std)
+    else:
+        raise ValueError(f"unknown init scheme {scheme!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# How tokens see each other
+
+
+@dataclass
+class PackedContext:
+    """Training/scoring on one packed token axis (batch dimension 1)."""
+
+    layout: attn_lib.PackedLayout
+
+
+@dataclass
+class CachedContext:
+    """Generation with a static KV cache: keys/values are written at `positions` [B, Tq] of cache
+    slot (call, layer), then queries attend the cache under `mask` [B, 1, Tq, cache_len]."""
+
+    cache: "StaticKVCache"
+    positions: torch.Tensor
+    mask: torch.Tensor
+
+
+AttentionContext = PackedContext | CachedContext
+
+
+class StaticKVCache:
+    """Pre-allocated keys/values for every (module call, layer) of the recurrence: each call of a
+    recurrent stack sees different inputs, so each needs its own slot. Layout [slots, B, T, H, D]."""
+
+    def __init__(self, num_calls: int, layers_per_call: int, batch_size: int, max_len: int,
+                 num_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str):
+        shape = (num_calls * layers_per_call, batch_size, max_len, num_heads, head_dim)
+        self.layers_per_call = layers_per_call
+        self.max_len = max_len
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    def update(self, call: int, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k/v [B, Tq, H, D] at `positions` [B, Tq]; return the slot's whole k/v as [B, H, T, D]."""
+        slot = call * self.layers_per_call + layer
+        rows = torch.arange(k.shape[0], device=k.device)[:, None]
+        self.k[slot].index_put_((rows, positions), k)
+        self.v[slot].index_put_((rows, positions), v)
+        return self.k[slot].transpose(1, 2), self.v[slot].transpose(1, 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules
+
+
+class Attention(nn.Module):
+    """Gated attention: one fused projection hidden -> (gate, q, k, v), RoPE on q and k,
+    output o_proj(sigmoid(gate) * attention(q, k, v))."""
+
+    def __init__(self, cfg: StackConfig, layer_index: int):
+        super().__init__()
+        self.num_heads, self.head_dim, self.layer_index = cfg.num_heads, cfg.head_dim, layer_index
+        inner = cfg.num_heads * cfg.head_dim
+        self.gqkv_proj = nn.Linear(cfg.hidden_size, 4 * inner, bias=False)
+        self.o_proj = nn.Linear(inner, cfg.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, ctx: AttentionContext, call: int):
+        B, T, _ = x.shape
+        gate, q, k, v = self.gqkv_proj(x).view(B, T, 4, self.num_heads, self.head_dim).unbind(2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if isinstance(ctx, PackedContext):
+            out = attn_lib.packed_attention(q[0], k[0], v[0], ctx.layout)[None]
+        else:
+            k_all, v_all = ctx.cache.update(call, self.layer_index, ctx.positions, k, v)
+            out = attn_lib.cached_attention(q.transpose(1, 2), k_all, v_all, ctx.mask).transpose(1, 2)
+        return self.o_proj((torch.sigmoid(gate) * out).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: StackConfig):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: StackConfig, layer_index: int):
+        super().__init__()
+        self.eps, self.post_norm = cfg.norm_eps, cfg.post_norm
+        self.attn = Attention(cfg, layer_index)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x, cos, sin, ctx: AttentionContext, call: int):
+        if self.post_norm:
+            x = rms_norm(x + self.attn(x, cos, sin, ctx, call), self.eps)
+            return rms_norm(x + self.mlp(x), self.eps)
+        x = x + self.attn(rms_norm(x, self.eps), cos, sin, ctx, call)
+        return x + self.mlp(rms_norm(x, self.eps))
+
+
+class Stack(nn.Module):
+    """A stack of blocks. With pre-norm it ends in an exit RMSNorm, which keeps the recurrent
+    state bounded across module calls (the paper's MagicNorm)."""
+
+    def __init__(self, cfg: StackConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+
+    def forward(self, x, position_ids, ctx: AttentionContext, call: int):
+        cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
+        for layer in self.layers:
+            x = layer(x, cos, sin, ctx, call)
+        return x if self.cfg.post_norm else rms_norm(x, self.cfg.norm_eps)
+
+    def init_weights(self, scheme: str, n_layers_total: int) -> None:
+        for layer in self.layers:
+            for proj, is_output in ((layer.attn.gqkv_proj, False), (layer.attn.o_proj, True),
+                                    (layer.mlp.gate_up_proj, False), (layer.mlp.down_proj, True)):
+                init_linear(proj.weight, scheme, n_layers_total, is_output)

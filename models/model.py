@@ -1,0 +1,46 @@
+"""The language model: scaled token embedding -> net (recurrence of stacks) -> untied LM head."""
+
+import math
+
+import torch
+from torch import nn
+
+from models.config import ArchConfig, round_up
+from models.layers import AttentionContext, StaticKVCache, trunc_normal_
+from models.nets import build_net
+
+
+def model_vocab_size(tokenizer_vocab_size: int) -> int:
+    """The model's vocabulary: the tokenizer's rounded up to a multiple of 256 (kernel-friendly)."""
+    return round_up(tokenizer_vocab_size, 256)
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, arch: ArchConfig, vocab_size: int):
+        super().__init__()
+        self.arch = arch
+        self.vocab_size = vocab_size
+        self.embed_tokens = nn.Embedding(vocab_size, arch.hidden_size)
+        # Table initialised with std s = 1/sqrt(hidden); its output is multiplied by 1/s.
+        self.embedding_std = 1.0 / math.sqrt(arch.hidden_size)
+        self.embedding_scale = 1.0 / self.embedding_std
+        self.net = build_net(arch)
+        self.lm_head = nn.Linear(arch.hidden_size, vocab_size, bias=False)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        trunc_normal_(self.embed_tokens.weight, self.embedding_std)
+        trunc_normal_(self.lm_head.weight, 1.0 / math.sqrt(self.arch.hidden_size))
+        self.net.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, ctx: AttentionContext,
+                bp_steps: int | None = None) -> torch.Tensor:
+        """input_ids/position_ids [B, T] -> logits [B, T, V]. bp_steps defaults to bp_max_steps."""
+        x = self.embed_tokens(input_ids) * self.embedding_scale
+        z = self.net(x, position_ids, ctx, self.arch.bp_max_steps if bp_steps is None else bp_steps)
+        return self.lm_head(z)
+
+    def new_kv_cache(self, batch_size: int, max_len: int, dtype=None, device=None) -> StaticKVCache:
+        ref = self.lm_head.weight
+        return StaticKVCache(self.net.num_calls, self.net.layers_per_call, batch_size, max_len,
+                             self.arch.num_heads, self.arch.head_dim, dtype or ref.dtype, device or ref.device)

@@ -1,0 +1,218 @@
+"""The six nets (DESIGN.md §4): how stacks are called in sequence and which calls carry gradient.
+
+Every net is a sequence of module calls, each of role "L" or "H". `call_plan(bp_steps)` lists
+them in order with a flag saying whether the call runs with gradient; the rest run under
+`torch.no_grad()`, which bounds activation memory (one-step gradient approximation).
+
+| net                  | stacks                   | calls                          | calls with gradient        |
+|----------------------|--------------------------|--------------------------------|----------------------------|
+| transformer          | one, n_layers            | f(x)                           | the one call               |
+| hrm                  | L and H, n_layers/2 each | H_cycles x (L_cycles x L, H)   | last min(H, b-1) H, b-rest L |
+| trm                  | one shared, n_layers     | 2 x (1 x L, H), x into every L | last H, last L             |
+| trm_match_recurrence | one shared, n_layers/2   | 2 x (3 x L, H), x into every L | last 2 H, last 3 L         |
+| rins                 | L and H, n_layers/2 each | 7 x L, then H                  | last 4 L, the H            |
+| ut                   | one, n_layers            | 4 x L                          | last 2                     |
+
+The cycle counts come from arch/net/<net>.yaml; the baselines' gradient rules are fixed here.
+Decisions (DESIGN.md is silent): the TRM nets share one stack between both roles (so
+`trm_match_recurrence` matches HRM's executed compute with half its parameters) and inject the
+embedded input into every L call, as TRM does.
+"""
+
+import torch
+from torch import nn
+
+from models.config import ArchConfig
+from models.layers import AttentionContext, Stack, trunc_normal_
+
+
+def bp_steps_at(arch: ArchConfig, step: int, total_steps: int) -> int:
+    """HRM's gradient-depth warmup: b grows linearly from 2 to bp_max_steps over the first
+    bp_warmup_ratio of training, then stays there."""
+    warmup_steps = arch.bp_warmup_ratio * total_steps
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return arch.bp_max_steps
+    return 2 + int((arch.bp_max_steps - 2) * step / warmup_steps)
+
+
+def _mark_last(roles: list[str], grad_per_role: dict[str, int]) -> list[tuple[str, bool]]:
+    """Flag the last `grad_per_role[role]` calls of each role as gradient-carrying."""
+    remaining = dict(grad_per_role)
+    flags = []
+    for role in reversed(roles):
+        flags.append(remaining.get(role, 0) > 0)
+        remaining[role] = remaining.get(role, 0) - 1
+    return list(zip(roles, reversed(flags)))
+
+
+class Net(nn.Module):
+    """Base: owns the stacks and the fixed initial recurrent state z_L_init."""
+
+    shared_stack = False  # one stack plays both roles
+    uses_h_stack = True
+
+    def __init__(self, arch: ArchConfig):
+        super().__init__()
+        self.arch = arch
+        stacks = {"L": Stack(arch.stack("L"))}
+        if self.uses_h_stack and not self.shared_stack:
+            stacks["H"] = Stack(arch.stack("H"))
+        self.stacks = nn.ModuleDict(stacks)
+        # Fixed, persisted, never trained: the initial low-level state.
+        self.register_buffer("z_L_init", torch.zeros(arch.hidden_size), persistent=True)
+
+    def stack_for(self, role: str) -> Stack:
+        return self.stacks["L" if self.shared_stack or role == "L" else "H"]
+
+    @property
+    def num_calls(self) -> int:
+        return len(self.roles(self.arch))
+
+    @property
+    def layers_per_call(self) -> int:
+        return max(stack.cfg.n_layers for stack in self.stacks.values())
+
+    @classmethod
+    def roles(cls, arch: ArchConfig) -> list[str]:
+        """The roles of the module calls, in order."""
+        raise NotImplementedError
+
+    @classmethod
+    def grad_calls(cls, arch: ArchConfig, bp_steps: int) -> dict[str, int]:
+        """How many of the last calls of each role carry gradient."""
+        raise NotImplementedError
+
+    @classmethod
+    def call_plan_for(cls, arch: ArchConfig, bp_steps: int) -> list[tuple[str, bool]]:
+        return _mark_last(cls.roles(arch), cls.grad_calls(arch, bp_steps))
+
+    def call_plan(self, bp_steps: int) -> list[tuple[str, bool]]:
+        return self.call_plan_for(self.arch, bp_steps)
+
+    def init_weights(self) -> None:
+        total_layers = sum(stack.cfg.n_layers for stack in self.stacks.values())
+        for stack in self.stacks.values():
+            stack.init_weights(self.arch.init, total_layers)
+        trunc_normal_(self.z_L_init, 1.0)
+
+    def run_call(self, role, x, position_ids, ctx, call, grad):
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            return self.stack_for(role)(x, position_ids, ctx, call)
+
+    def forward(self, x, position_ids, ctx: AttentionContext, bp_steps: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Transformer(Net):
+    uses_h_stack = False
+
+    @classmethod
+    def roles(cls, arch):
+        return ["L"]
+
+    @classmethod
+    def grad_calls(cls, arch, bp_steps):
+        return {"L": 1}
+
+    def forward(self, x, position_ids, ctx, bp_steps):
+        return self.run_call("L", x, position_ids, ctx, 0, True)
+
+
+class HRM(Net):
+    """z_H starts as the embedded input x, z_L as z_L_init. Per H cycle: L_cycles times
+    z_L = L(z_L + z_H), then z_H = H(z_H + z_L). Output z_H. (No input injection: while b = 2,
+    the first H call runs without gradient, so the embedding table receives none.)"""
+
+    inject_input = False
+
+    @classmethod
+    def roles(cls, arch):
+        return (["L"] * arch.L_cycles + ["H"]) * arch.H_cycles
+
+    @classmethod
+    def grad_calls(cls, arch, bp_steps):
+        h = min(arch.H_cycles, bp_steps - 1)
+        return {"H": h, "L": bp_steps - h}
+
+    def forward(self, x, position_ids, ctx, bp_steps):
+        z_H, z_L = x, self.z_L_init.to(x.dtype).expand_as(x)
+        for call, (role, grad) in enumerate(self.call_plan(bp_steps)):
+            if role == "L":
+                z_L = self.run_call("L", z_L + z_H + x if self.inject_input else z_L + z_H, position_ids, ctx, call, grad)
+            else:
+                z_H = self.run_call("H", z_H + z_L, position_ids, ctx, call, grad)
+        return z_H
+
+
+class TRM(HRM):
+    """HRM's recurrence through one shared stack, with TRM's input injection into every L call
+    (z_L = f(z_L + z_H + x)): with gradient on only the last L and H calls, the embedding would
+    otherwise never receive a gradient."""
+
+    shared_stack = True
+    inject_input = True
+
+    @classmethod
+    def grad_calls(cls, arch, bp_steps):
+        return {"H": 1, "L": 1}
+
+
+class TRMMatchRecurrence(TRM):
+
+    @classmethod
+    def grad_calls(cls, arch, bp_steps):
+        return {"H": 2, "L": 3}
+
+
+class RINS(Net):
+    """z_L = L(z_L + x) L_cycles times (gradient on the last 4), then one H(z_L) call."""
+
+    @classmethod
+    def roles(cls, arch):
+        return ["L"] * arch.L_cycles + ["H"]
+
+    @classmethod
+    def grad_calls(cls, arch, bp_steps):
+        return {"L": 4, "H": 1}
+
+    def forward(self, x, position_ids, ctx, bp_steps):
+        z_L = self.z_L_init.to(x.dtype).expand_as(x)
+        plan = self.call_plan(bp_steps)
+        for call, (role, grad) in enumerate(plan[:-1]):
+            z_L = self.run_call(role, z_L + x, position_ids, ctx, call, grad)
+        role, grad = plan[-1]
+        return self.run_call(role, z_L, position_ids, ctx, len(plan) - 1, grad)
+
+
+class UniversalTransformer(Net):
+    """One stack applied L_cycles times: z = f(z + x), gradient on the last 2 calls."""
+
+    uses_h_stack = False
+
+    @classmethod
+    def roles(cls, arch):
+        return ["L"] * arch.L_cycles
+
+    @classmethod
+    def grad_calls(cls, arch, bp_steps):
+        return {"L": 2}
+
+    def forward(self, x, position_ids, ctx, bp_steps):
+        z = self.z_L_init.to(x.dtype).expand_as(x)
+        for call, (role, grad) in enumerate(self.call_plan(bp_steps)):
+            z = self.run_call(role, z + x, position_ids, ctx, call, grad)
+        return z
+
+
+NET_CLASSES: dict[str, type[Net]] = {
+    "transformer": Transformer,
+    "hrm": HRM,
+    "trm": TRM,
+    "trm_match_recurrence": TRMMatchRecurrence,
+    "rins": RINS,
+    "ut": UniversalTransformer,
+}
+
+
+def build_net(arch: ArchConfig) -> Net:
+    return NET_CLASSES[arch.net](arch)

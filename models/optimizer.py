@@ -1,0 +1,70 @@
+"""AdamATan2 with an optional parameter EMA kept in the optimizer state (DESIGN.md §5).
+
+Update per parameter p with gradient g, step t:
+    m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2
+    p = p * (1 - lr * wd) - lr * atan2(m / (1 - b1^t), sqrt(v / (1 - b2^t)))
+atan2 replaces m / (sqrt(v) + eps): bounded, no epsilon, and invariant to the gradient's scale.
+The EMA (`ema = ema_rate * ema + (1 - ema_rate) * p`) lives in the state under "ema", so
+distributed checkpoints save and shard it with the moments; `swap_ema()` exchanges it with the
+live weights for evaluation or export (call it again to swap back).
+
+Works on plain tensors and on FSDP2's sharded DTensor parameters (it updates the local shards).
+"""
+
+import torch
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+class AdamATan2(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.95), weight_decay: float = 0.1,
+                 ema_rate: float | None = None):
+        if lr < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"invalid AdamATan2 hyperparameters lr={lr} betas={betas} weight_decay={weight_decay}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, ema_rate=ema_rate))
+
+    def _state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if self.defaults["ema_rate"] is not None:
+                state["ema"] = p.detach().clone()
+        return state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        assert closure is None, "AdamATan2 does not take a closure"
+        for group in self.param_groups:
+            lr, (b1, b2), wd, ema_rate = group["lr"], group["betas"], group["weight_decay"], group["ema_rate"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self._state(p)
+                state["step"] += 1
+                t = state["step"].item()
+                param, grad = _local(p), _local(p.grad)
+                m, v = _local(state["exp_avg"]), _local(state["exp_avg_sq"])
+                m.lerp_(grad, 1 - b1)
+                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                param.mul_(1 - lr * wd)
+                update = torch.atan2(m / (1 - b1 ** t), (v / (1 - b2 ** t)).sqrt())
+                param.add_(update, alpha=-lr)
+                if ema_rate is not None:
+                    _local(state["ema"]).lerp_(param, 1 - ema_rate)
+
+    @torch.no_grad()
+    def swap_ema(self) -> None:
+        """Exchange live weights and EMA weights (an involution: call twice to restore)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                ema = self.state[p].get("ema")
+                if ema is None:
+                    raise RuntimeError("swap_ema: no EMA state (ema_rate is null, or no step was taken yet)")
+                param, ema_local = _local(p), _local(ema)
+                tmp = param.clone()
+                param.copy_(ema_local)
+                ema_local.copy_(tmp)

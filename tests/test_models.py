@@ -1,0 +1,238 @@
+"""Model behaviour against independent references: hand-written gradient routes from DESIGN.md §4,
+a float64 recomputation of the loss, and a KV-cache decode against one packed forward."""
+
+import math
+
+import pytest
+import torch
+
+from models import attention as attn_lib
+from models.layers import CachedContext, PackedContext
+from models.lm_head import IGNORE_LABEL, loss_and_metrics, sample_ids_from_cu_seqlens
+from models.model import LanguageModel
+from models.nets import NET_CLASSES, bp_steps_at
+from models.summary import GPU_SIZES, build_on_meta, count_parameters
+from training.config import compose
+
+CPU_SIZES = ["tiny", "small"]
+
+
+def tiny_arch(net: str, **overrides):
+    arch = compose("cfg_pretrain", [f"arch/net@arch={net}", "arch/size@arch=tiny", "arch.attn_backend=sdpa"]).arch
+    return arch.model_copy(update=overrides)
+
+
+def packed_inputs(lengths, prefixes, total_len, vocab, generator):
+    """A packed batch: samples back to back, then a padding tail."""
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    ids = torch.randint(0, vocab, (1, total_len), generator=generator)
+    pos = torch.zeros(1, total_len, dtype=torch.long)
+    for start, n in zip(cu[:-1], lengths):
+        pos[0, start:start + n] = torch.arange(n)
+    return ids, pos, torch.tensor(cu, dtype=torch.int32), torch.tensor(prefixes, dtype=torch.int32)
+
+
+def packed_context(cu, prefixes, total_len, arch):
+    layout = attn_lib.build_layout(cu, prefixes, total_len=total_len, max_seqlen=total_len,
+                                   backend="sdpa", attn_type=arch.attn_type)
+    return PackedContext(layout)
+
+
+@pytest.mark.parametrize("net", list(NET_CLASSES))
+@pytest.mark.parametrize("size", GPU_SIZES)
+def test_every_gpu_size_instantiates_on_meta(net, size):
+    model = build_on_meta(net, size, 65536)
+    n = count_parameters(model)
+    print(f"{net} {size}: {n / 1e6:.0f}M params")
+    assert n > 1e8
+
+
+@pytest.mark.parametrize("net", list(NET_CLASSES))
+@pytest.mark.parametrize("size", CPU_SIZES)
+def test_cpu_sizes_forward_backward(net, size):
+    arch = compose("cfg_pretrain", [f"arch/net@arch={net}", f"arch/size@arch={size}", "arch.attn_backend=sdpa"]).arch
+    torch.manual_seed(0)
+    model = LanguageModel(arch, 512)
+    model.init_weights()
+    g = torch.Generator().manual_seed(0)
+    ids, pos, cu, pre = packed_inputs([9, 5, 7], [4, 1, 3], 24, 512, g)
+    logits = model(ids, pos, packed_context(cu, pre, 24, arch))
+    assert logits.shape == (1, 24, 512)
+    logits.float().pow(2).mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert model.net.z_L_init.grad is None  # a buffer, never trained
+
+
+# Gradient routes written out by hand from DESIGN.md §4 (1 = the call carries gradient).
+HRM_ROUTES = {  # calls: L L L H L L L H
+    2: [0, 0, 0, 0, 0, 0, 1, 1],
+    3: [0, 0, 0, 1, 0, 0, 1, 1],
+    4: [0, 0, 0, 1, 0, 1, 1, 1],
+    5: [0, 0, 0, 1, 1, 1, 1, 1],
+}
+BASELINE_ROUTES = {
+    "transformer": (["L"], [1]),
+    "trm": (["L", "H", "L", "H"], [0, 0, 1, 1]),
+    "trm_match_recurrence": (["L", "L", "L", "H"] * 2, [0, 0, 0, 1, 1, 1, 1, 1]),
+    "rins": (["L"] * 7 + ["H"], [0, 0, 0, 1, 1, 1, 1, 1]),
+    "ut": (["L"] * 4, [0, 0, 1, 1]),
+}
+
+
+def observed_route(net: str, bp_steps: int):
+    """Run forward+backward, observing each stack call from outside: its role, and whether its
+    output received a gradient."""
+    torch.manual_seed(0)
+    model = LanguageModel(tiny_arch(net), 256)
+    model.init_weights()
+    calls = []
+
+    def watch(role):
+        def hook(module, inputs, output):
+            record = {"role": role, "grad": False}
+            calls.append(record)
+            if output.requires_grad:
+                output.register_hook(lambda g: record.update(grad=bool(g.abs().sum() > 0)))
+        return hook
+
+    stacks = model.net.stacks
+    if "H" in stacks:
+        stacks["L"].register_forward_hook(watch("L"))
+        stacks["H"].register_forward_hook(watch("H"))
+    else:
+        shared = stacks["L"]
+        roles = iter(NET_CLASSES[net].roles(model.arch))
+        shared.register_forward_hook(lambda m, i, o: watch(next(roles))(m, i, o))
+    g = torch.Generator().manual_seed(1)
+    ids, pos, cu, pre = packed_inputs([6, 5], [3, 2], 12, 256, g)
+    model(ids, pos, packed_context(cu, pre, 12, model.arch), bp_steps=bp_steps).sum().backward()
+    return [c["role"] for c in calls], [int(c["grad"]) for c in calls]
+
+
+@pytest.mark.parametrize("bp_steps", [2, 3, 4, 5])
+def test_hrm_gradient_routing(bp_steps):
+    roles, grads = observed_route("hrm", bp_steps)
+    assert roles == ["L", "L", "L", "H"] * 2
+    assert grads == HRM_ROUTES[bp_steps]
+    # the last b calls carry gradient: min(H_cycles, b-1) H calls and the rest L calls
+    assert sum(grads) == bp_steps
+
+
+@pytest.mark.parametrize("net", list(BASELINE_ROUTES))
+def test_baseline_gradient_routing_is_fixed(net):
+    expected_roles, expected_grads = BASELINE_ROUTES[net]
+    for bp_steps in (2, 5):  # the baselines ignore the HRM warmup
+        roles, grads = observed_route(net, bp_steps)
+        assert roles == expected_roles
+        assert grads == expected_grads
+
+
+def test_bp_steps_warmup():
+    arch = tiny_arch("hrm")  # bp_max_steps 5, warmup over the first 20%
+    total = 1000
+    assert bp_steps_at(arch, 0, total) == 2
+    assert bp_steps_at(arch, 199, total) == 4
+    assert bp_steps_at(arch, 200, total) == 5
+    assert bp_steps_at(arch, 999, total) == 5
+    assert [bp_steps_at(arch, s, total) for s in (0, 67, 134)] == [2, 3, 4]
+    assert bp_steps_at(arch.model_copy(update={"bp_warmup_ratio": 0.0}), 0, total) == 5
+
+
+@pytest.mark.parametrize("net", list(NET_CLASSES))
+def test_kv_cache_decode_matches_packed_forward(net):
+    """Prefill prompts with prefix semantics, then decode token by token (two rows of different
+    prompt lengths): logits equal one packed prefix-LM forward over prompt+response."""
+    torch.manual_seed(0)
+    arch = tiny_arch(net)
+    model = LanguageModel(arch, 256).double()
+    model.init_weights()
+    model.eval()
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 256, (n,), generator=g) for n in (5, 3)]
+    responses = [torch.randint(0, 256, (n,), generator=g) for n in (4, 6)]
+
+    # reference: each sample packed alone, prefix = prompt
+    references = []
+    for p, r in zip(prompts, responses):
+        seq = torch.cat([p, r])[None]
+        n = seq.shape[1]
+        ctx = packed_context(torch.tensor([0, n], dtype=torch.int32), torch.tensor([len(p)], dtype=torch.int32), n, arch)
+        with torch.no_grad():
+            references.append(model(seq, torch.arange(n)[None], ctx)[0])
+
+    B, cache_len = 2, 16
+    cache = model.new_kv_cache(B, cache_len)
+    prompt_lens = torch.tensor([len(p) for p in prompts])
+    width = int(prompt_lens.max())
+    ids = torch.zeros(B, width, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, :len(p)] = p
+    pos = torch.arange(width).expand(B, width)
+    with torch.no_grad():
+        prefill = model(ids, pos, CachedContext(cache, pos, attn_lib.generation_mask(pos, prompt_lens, cache_len)))
+    for b, p in enumerate(prompts):
+        torch.testing.assert_close(prefill[b, :len(p)], references[b][:len(p)], atol=1e-4, rtol=0)
+
+    # decode: row b feeds its response tokens one at a time at positions len(p_b) + t
+    steps = max(len(r) for r in responses) - 1
+    for t in range(steps):
+        tok = torch.stack([r[min(t, len(r) - 1)] for r in responses])[:, None]
+        q_pos = (prompt_lens + t)[:, None]
+        with torch.no_grad():
+            out = model(tok, q_pos, CachedContext(cache, q_pos, attn_lib.generation_mask(q_pos, prompt_lens, cache_len)))
+        for b, (p, r) in enumerate(zip(prompts, responses)):
+            if t < len(r):
+                torch.testing.assert_close(out[b, 0], references[b][len(p) + t], atol=1e-4, rtol=0)
+
+
+def test_loss_matches_float64_recomputation():
+    g = torch.Generator().manual_seed(3)
+    V, N = 11, 14
+    logits = torch.randn(N, V, generator=g)
+    # samples: [0,5) [5,9) [9,12), padding tail [12,14)
+    cu = torch.tensor([0, 5, 9, 12, 12], dtype=torch.int32)
+    labels = torch.randint(0, V, (N,), generator=g)
+    labels[[0, 1, 5, 9, 12, 13]] = IGNORE_LABEL  # prompts and padding carry no label
+    sample_ids = sample_ids_from_cu_seqlens(cu, N)
+    loss_sum, metrics = loss_and_metrics(logits, labels, sample_ids, num_samples=4)
+
+    expected = 0.0
+    count = 0
+    lp = logits.double().log_softmax(-1)
+    for i in range(N):
+        if labels[i] != IGNORE_LABEL:
+            expected -= lp[i, labels[i]].item()
+            count += 1
+    assert abs(loss_sum.item() - expected) < 1e-4
+    assert metrics["loss"][1].item() == count == 8
+    assert abs(metrics["loss"][0].item() / count - expected / count) < 1e-5
+
+
+def test_exact_accuracy_needs_every_valid_token_right():
+    V = 5
+    labels = torch.tensor([IGNORE_LABEL, 1, 2, IGNORE_LABEL, 3, 4, IGNORE_LABEL, 0, IGNORE_LABEL])
+    predicted = torch.tensor([0, 1, 2, 0, 3, 0, 4, 0, 2])  # sample 0 all right, sample 1 one wrong, sample 2 right
+    logits = torch.nn.functional.one_hot(predicted, V).float()
+    cu = torch.tensor([0, 3, 6, 8, 8], dtype=torch.int32)  # tail token 8 is padding
+    _, metrics = loss_and_metrics(logits, labels, sample_ids_from_cu_seqlens(cu, 9), num_samples=4)
+    assert [x.item() for x in metrics["exact_accuracy"]] == [2.0, 3.0]
+    assert [x.item() for x in metrics["token_accuracy"]] == [4.0, 5.0]
+
+
+def test_embedding_and_init_statistics():
+    arch = compose("cfg_pretrain", ["arch/size@arch=small", "arch.attn_backend=sdpa"]).arch
+    torch.manual_seed(0)
+    model = LanguageModel(arch, 4096)
+    model.init_weights()
+    d = arch.hidden_size
+    assert abs(model.embed_tokens.weight.std().item() - 1 / math.sqrt(d)) < 0.02 / math.sqrt(d) * 10
+    assert model.embedding_scale == pytest.approx(math.sqrt(d))
+    down = model.net.stacks["L"].layers[0].mlp.down_proj.weight  # fan_in = intermediate size
+    assert abs(down.std().item() * math.sqrt(down.shape[1]) - 1) < 0.03
+    assert down.abs().max().item() <= 2.3 / math.sqrt(down.shape[1])  # truncated near 2 std
+    assert arch.stack().intermediate_size == 768  # 4 * 256 * 2/3 = 682.7 -> 768
+    z = model.net.z_L_init
+    assert abs(z.std().item() - 1) < 0.15 and "net.z_L_init" in model.state_dict()

@@ -1,0 +1,92 @@
+"""The training configuration: one pydantic schema, fed by Hydra (config/cfg_*.yaml).
+
+Hydra composes the YAML tree and applies `key=value` overrides (an unknown key fails there, since
+every key is listed in cfg_pretrain.yaml); `TrainConfig` then validates types and cross-field
+rules, so a bad value fails at start with the key that is wrong.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from models.config import ArchConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = "/dev/shm/sampled"
+    target_only: bool = True
+    max_samples_per_batch: int | None = None
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    arch: ArchConfig
+    data: DataConfig = DataConfig()
+
+    project_name: str | None = None
+    run_name: str | None = None
+    checkpoint_path: str | None = None
+
+    global_batch_size: int = 196608
+    epochs: int = 4
+    max_steps: int | None = None
+    lr: float = 2.2e-4
+    lr_min_ratio: float = 1.0
+    lr_warmup_steps: int = 2000
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    ema_rate: float | None = 0.9999
+    grad_clip: float | None = None
+    seed: int = 0
+
+    compute_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    compile: Literal["auto", True, False] = "auto"
+
+    log_interval: int = 10
+    checkpoint_every_steps: int | None = 1000
+    keep_last: int = 3
+    resume_from: str | None = None
+    resume_epoch: int | None = None
+    resume_step: int | None = None
+    weights_only_resume_from_ema: bool = False
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        for key in ("global_batch_size", "epochs", "log_interval", "keep_last"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.ema_rate is not None and not 0.0 <= self.ema_rate < 1.0:
+            raise ValueError(f"ema_rate must lie in [0, 1) or be null, got {self.ema_rate}")
+        if self.resume_epoch is not None and self.resume_step is not None:
+            raise ValueError("give at most one of resume_epoch and resume_step")
+        if (self.resume_epoch is not None or self.resume_step is not None) and not self.resume_from:
+            raise ValueError("resume_epoch/resume_step need resume_from=RUN_DIR")
+        if self.weights_only_resume_from_ema and not self.resume_from:
+            raise ValueError("weights_only_resume_from_ema=true needs resume_from=RUN_DIR")
+        return self
+
+
+def to_train_config(cfg: DictConfig) -> TrainConfig:
+    """Validate a composed Hydra config; errors name the offending key path."""
+    try:
+        return TrainConfig.model_validate(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    except ValidationError as err:
+        lines = [f"  {'.'.join(str(p) for p in e['loc']) or '<config>'}: {e['msg']}" for e in err.errors()]
+        raise SystemExit("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def compose(config_name: str = "cfg_pretrain", overrides: list[str] | None = None) -> TrainConfig:
+    """Compose and validate a config outside a Hydra app (tests, benches, tools)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return to_train_config(hydra_compose(config_name=config_name, overrides=overrides or []))
