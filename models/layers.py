@@ -83,11 +83,13 @@ class PackedContext:
 @dataclass
 class CachedContext:
     """Generation with a static KV cache: keys/values are written at `positions` [B, Tq] of cache
-    slot (call, layer), then queries attend the cache under `mask` [B, 1, Tq, cache_len]."""
+    slot (call, layer) in cache rows `rows` [B] (default: rows 0..B-1), then queries attend those
+    rows under `mask` [B, 1, Tq, cache_len]."""
 
     cache: "StaticKVCache"
     positions: torch.Tensor
     mask: torch.Tensor
+    rows: torch.Tensor | None = None
 
 
 AttentionContext = PackedContext | CachedContext
@@ -105,13 +107,16 @@ class StaticKVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
-    def update(self, call: int, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Write k/v [B, Tq, H, D] at `positions` [B, Tq]; return the slot's whole k/v as [B, H, T, D]."""
+    def update(self, call: int, layer: int, rows: torch.Tensor | None, positions: torch.Tensor,
+               k: torch.Tensor, v: torch.Tensor):
+        """Write k/v [B, Tq, H, D] at `positions` [B, Tq] of cache `rows` [B] (None: all rows, in
+        order); return those rows' whole k/v as [B, H, T, D]."""
         slot = call * self.layers_per_call + layer
-        rows = torch.arange(k.shape[0], device=k.device)[:, None]
-        self.k[slot].index_put_((rows, positions), k)
-        self.v[slot].index_put_((rows, positions), v)
-        return self.k[slot].transpose(1, 2), self.v[slot].transpose(1, 2)
+        index = (torch.arange(k.shape[0], device=k.device) if rows is None else rows)[:, None]
+        self.k[slot].index_put_((index, positions), k)
+        self.v[slot].index_put_((index, positions), v)
+        k_rows, v_rows = (self.k[slot], self.v[slot]) if rows is None else (self.k[slot][rows], self.v[slot][rows])
+        return k_rows.transpose(1, 2), v_rows.transpose(1, 2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,7 +141,7 @@ class Attention(nn.Module):
         if isinstance(ctx, PackedContext):
             out = attn_lib.packed_attention(q[0], k[0], v[0], ctx.layout)[None]
         else:
-            k_all, v_all = ctx.cache.update(call, self.layer_index, ctx.positions, k, v)
+            k_all, v_all = ctx.cache.update(call, self.layer_index, ctx.rows, ctx.positions, k, v)
             out = attn_lib.cached_attention(q.transpose(1, 2), k_all, v_all, ctx.mask).transpose(1, 2)
         return self.o_proj((torch.sigmoid(gate) * out).reshape(B, T, -1))
 

@@ -1,0 +1,36 @@
+# One-command workflows. `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# CPU-only machines get the CPU build of torch; with a GPU, pip's default (CUDA) build.
+TORCH_CPU_SPEC ?= torch==2.13.0
+DEMO_DIR ?= demo_data
+DEMO_RUN ?= runs/demo
+
+.PHONY: setup demo test bench table clean-demo
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q "torch>=2.10,<2.16"; \
+	else $(PY) -m pip install -q "$(TORCH_CPU_SPEC)"; fi
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+demo: setup
+	$(PY) -m demo --data-dir $(DEMO_DIR) --run-dir $(DEMO_RUN)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) bench/multipack_bench.py
+	@echo "GPU benchmarks (run on a GPU machine): bench/attention_check.py, bench/train_throughput.py"
+
+table: setup
+	$(PY) -m models.summary
+
+clean-demo:
+	rm -rf $(DEMO_DIR) $(DEMO_RUN)
