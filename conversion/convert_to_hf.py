@@ -1,0 +1,145 @@
+"""Export a pretrain.py checkpoint as a native Transformers `hrm_text` model directory.
+
+    python -m conversion.convert_to_hf --ckpt_path RUN_DIR --out_dir OUT [--ckpt_epoch E]
+        [--ckpt_use_ema true|false] [--tokenizer_path PATH]
+
+Writes config.json (model_type hrm_text), model.safetensors, the tokenizer (bos = boq,
+eos = eoa, pad = pad) and hrm_text_prompt.json (the special tokens and condition tokens that
+build a prompt). Loads with `AutoModelForCausalLM.from_pretrained(OUT)`, no remote code; pass
+`token_type_ids` = 1 on the prompt for its bidirectional attention.
+
+Which nets export: `hrm` (pre-norm, no H_override) maps 1:1; `transformer` maps onto hrm_text
+with H_cycles=1, L_cycles=0 and a zero z_L_init (the single stack becomes the H module; the
+never-called L module holds a copy). The others (trm, trm_match_recurrence, rins, ut) differ in
+how stack calls are combined, which hrm_text cannot express: they fail with that message.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+EXPORTABLE = ("hrm", "transformer")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def check_exportable(arch) -> None:
+    problems = []
+    if arch.net not in EXPORTABLE:
+        problems.append(f"net {arch.net!r} has no faithful hrm_text form (exportable nets: {', '.join(EXPORTABLE)})")
+    if arch.post_norm:
+        problems.append("post_norm=true (hrm_text blocks are pre-norm)")
+    if arch.H_override:
+        problems.append(f"H_override={arch.H_override} (hrm_text's H and L stacks share one shape)")
+    if arch.net == "hrm" and not arch.half_layers and arch.stack("L").n_layers != arch.stack("H").n_layers:
+        problems.append("H and L stacks of different depth")
+    if problems:
+        raise SystemExit("cannot export to hrm_text: " + "; ".join(problems))
+
+
+def stack_tensors(prefix: str, stack, out: dict) -> None:
+    """Split our fused projections into hrm_text's separate ones."""
+    for i, layer in enumerate(stack.layers):
+        p = f"{prefix}.layers.{i}"
+        gate, q, k, v = layer.attn.gqkv_proj.weight.detach().chunk(4, dim=0)
+        out.update({f"{p}.self_attn.gate_proj.weight": gate, f"{p}.self_attn.q_proj.weight": q,
+                    f"{p}.self_attn.k_proj.weight": k, f"{p}.self_attn.v_proj.weight": v,
+                    f"{p}.self_attn.o_proj.weight": layer.attn.o_proj.weight.detach()})
+        mlp_gate, mlp_up = layer.mlp.gate_up_proj.weight.detach().chunk(2, dim=0)
+        out.update({f"{p}.mlp.gate_proj.weight": mlp_gate, f"{p}.mlp.up_proj.weight": mlp_up,
+                    f"{p}.mlp.down_proj.weight": layer.mlp.down_proj.weight.detach()})
+
+
+def hf_state_dict(model) -> dict[str, torch.Tensor]:
+    out = {"model.embed_tokens.weight": model.embed_tokens.weight.detach(),
+           "lm_head.weight": model.lm_head.weight.detach()}
+    stacks = model.net.stacks
+    if model.arch.net == "hrm":
+        stack_tensors("model.L_module", stacks["L"], out)
+        stack_tensors("model.H_module", stacks["H"], out)
+        out["model.z_L_init"] = model.net.z_L_init.detach()
+    else:  # transformer: H(x + 0) == f(x)
+        stack_tensors("model.H_module", stacks["L"], out)
+        stack_tensors("model.L_module", stacks["L"], out)
+        out["model.z_L_init"] = torch.zeros_like(model.net.z_L_init)
+    return {k: v.contiguous().clone() for k, v in out.items()}
+
+
+def hf_config(arch, vocab_size: int, context_len: int, special_ids: dict):
+    from transformers import HrmTextConfig
+
+    stack = arch.stack("L")
+    is_hrm = arch.net == "hrm"
+    return HrmTextConfig(
+        vocab_size=vocab_size, hidden_size=arch.hidden_size, intermediate_size=stack.intermediate_size,
+        num_hidden_layers=stack.n_layers, num_attention_heads=arch.num_heads, head_dim=arch.head_dim,
+        max_position_embeddings=context_len, rms_norm_eps=arch.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": float(arch.rope_theta)},
+        H_cycles=arch.H_cycles if is_hrm else 1, L_cycles=arch.L_cycles if is_hrm else 0,
+        initializer_range=1.0 / arch.hidden_size ** 0.5, embedding_scale=float(arch.hidden_size ** 0.5),
+        prefix_lm=arch.attn_type == "prefixlm", tie_word_embeddings=False,
+        bos_token_id=special_ids["<|boq|>"], eos_token_id=special_ids["<|eoa|>"], pad_token_id=special_ids["<|pad|>"],
+    )
+
+
+def export_tokenizer(tokenizer, out_dir: Path) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    specials = dict(bos_token="<|boq|>", eos_token="<|eoa|>", pad_token="<|pad|>")
+    if tokenizer.kind == "hf":
+        fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend, **specials)
+    else:
+        from transformers.integrations.tiktoken import convert_tiktoken_to_fast
+
+        convert_tiktoken_to_fast(tokenizer.backend, str(out_dir))
+        fast = PreTrainedTokenizerFast(tokenizer_file=str(out_dir / "tokenizer.json"), **specials)
+        fast.add_special_tokens({"additional_special_tokens": list(tokenizer.special_ids)})
+    fast.save_pretrained(str(out_dir))
+    prompt = {"boq": "<|boq|>", "eoq": "<|eoq|>", "eoa": "<|eoa|>", "pad": "<|pad|>",
+              "condition_mapping": {c: f"<|{c}|>" for c in tokenizer.conditions},
+              "special_token_ids": tokenizer.special_ids}
+    (out_dir / "hrm_text_prompt.json").write_text(json.dumps(prompt, indent=1))
+
+
+def convert(ckpt_path, out_dir, ckpt_epoch=None, use_ema=True, tokenizer_path=None) -> Path:
+    from safetensors.torch import save_file
+
+    from data_io.text_tokenizer import load_tokenizer
+    from simple_inference_engine import load_run
+
+    model, tokenizer, context_len, checkpoint = load_run(ckpt_path, ckpt_epoch, use_ema=use_ema)
+    check_exportable(model.arch)
+    if tokenizer_path:
+        tokenizer = load_tokenizer(tokenizer_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = hf_config(model.arch, model.vocab_size, context_len, tokenizer.special_ids)
+    config.architectures = ["HrmTextForCausalLM"]
+    config.save_pretrained(str(out_dir))
+    save_file(hf_state_dict(model), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    export_tokenizer(tokenizer, out_dir)
+    print(f"exported {checkpoint} ({'EMA' if use_ema else 'live'} weights, net {model.arch.net}) to {out_dir}")
+    return out_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt_path", required=True, help="run directory written by pretrain.py")
+    parser.add_argument("--out_dir", required=True, help="output model directory")
+    parser.add_argument("--ckpt_epoch", type=int, default=None, help="checkpoint at the end of this epoch (default: latest)")
+    parser.add_argument("--ckpt_use_ema", type=_bool, default=True, help="export the EMA weights (default true)")
+    parser.add_argument("--tokenizer_path", default=None, help="tokenizer to ship instead of the run's copy")
+    args = parser.parse_args()
+    convert(args.ckpt_path, args.out_dir, args.ckpt_epoch, args.ckpt_use_ema, args.tokenizer_path)
+
+
+if __name__ == "__main__":
+    main()
