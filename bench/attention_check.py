@@ -1,0 +1,148 @@
+"""GPU check of the packed attention backends (models/attention.py): accuracy against an fp32 sdpa
+reference and forward+backward time, on random packed batches shaped like real training batches.
+
+    python3 bench/attention_check.py
+
+Needs only torch (and numpy); loads models/attention.py by path so that nothing else of the repo
+(hydra, pydantic, ...) has to be installed. Prints a table; see bench/attention_check.txt.
+"""
+
+import datetime
+import importlib.util
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_path = Path(__file__).resolve().parents[1] / "models" / "attention.py"
+_spec = importlib.util.spec_from_file_location("attention", _path)
+A = importlib.util.module_from_spec(_spec)
+sys.modules["attention"] = A  # torch.compile (flex) re-imports the module by name to trace its globals
+_spec.loader.exec_module(A)
+
+HEADS, HEAD_DIM, MAX_SEQLEN, SLOTS = 10, 128, 4096, 256
+TOLERANCE = 1e-2
+EDGE = [(1, 1), (1, 40), (40, 1)]  # prefix length 1, response length 1
+
+
+def random_samples(rng, budget):
+    """(prefix, response) lengths: total length lognormal (median 300, clipped to [2, 4096]),
+    prefix a random fraction of it, packed greedily below `budget` (10 misses end the batch)."""
+    samples, used, misses = [], 0, 0
+    while misses < 10:
+        n = int(np.clip(rng.lognormal(math.log(300), 1.0), 2, MAX_SEQLEN))
+        if used + n >= budget:
+            misses += 1
+            continue
+        p = int(np.clip(round(rng.uniform(0.05, 0.95) * n), 1, n - 1))
+        samples.append((p, n - p))
+        used += n
+    return samples
+
+
+def make_batch(samples, total_len, device):
+    lengths = [p + c for p, c in samples]
+    cu = np.concatenate([[0], np.cumsum(lengths)])
+    cu = np.concatenate([cu, np.full(SLOTS - len(samples), cu[-1])])
+    prefix = np.array([p for p, _ in samples] + [0] * (SLOTS - len(samples)))
+    as_t = lambda x: torch.tensor(x, dtype=torch.int32, device=device)  # noqa: E731
+    return as_t(cu), as_t(prefix)
+
+
+def count_syncs(fn):
+    """Run fn with CUDA host-sync detection on; returns (result, number of syncs)."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            result = fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return result, sum("synchroniz" in str(w.message) for w in caught)
+
+
+def fwd_bwd(backend, q, k, v, grad_out, cu, prefix, attn_type):
+    layout = A.build_layout(cu, prefix, q.shape[0], MAX_SEQLEN, backend, attn_type)
+    out = A.packed_attention(q, k, v, layout)
+    return (out.detach(), *torch.autograd.grad(out, (q, k, v), grad_out))
+
+
+def median_ms(fn, iters=20, warmup=3):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return float(np.median(times))
+
+
+def check_batch(name, samples, total_len, backends, device, timing):
+    cu, prefix = make_batch(samples, total_len, device)
+    lens = [p + c for p, c in samples]
+    print(
+        f"\n== batch {name}: L={total_len} H={HEADS} D={HEAD_DIM}, {len(samples)} samples "
+        f"(length median {int(np.median(lens))}, max {max(lens)}), tail {total_len - sum(lens)} tokens"
+    )
+    g = torch.Generator(device=device).manual_seed(0)
+    # bf16-representable inputs, so the fp32 reference measures kernel error, not input rounding.
+    q, k, v, grad_out = (
+        torch.randn(total_len, HEADS, HEAD_DIM, device=device, generator=g).bfloat16() for _ in range(4)
+    )
+    tail = slice(sum(lens), total_len)
+    for attn_type in A.ATTN_TYPES:
+        ref = fwd_bwd("sdpa", *(x.float().requires_grad_() for x in (q, k, v)), grad_out.float(), cu, prefix, attn_type)
+        print(f"-- {attn_type}: relative error vs fp32 sdpa (||x - ref|| / ||ref||)")
+        header = f"{'backend':8} {'out':>9} {'dq':>9} {'dk':>9} {'dv':>9}  {'ok':4} {'tail=0':6}"
+        if timing:
+            header += f" {'layout ms':>9} {'syncs':>5} {'fwd+bwd ms':>10}"
+        print(header)
+        for backend in backends:
+            leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+            got = fwd_bwd(backend, *leaves, grad_out, cu, prefix, attn_type)
+            errs = [((x.float() - r).norm() / r.norm()).item() for x, r in zip(got, ref)]
+            ok = all(e < TOLERANCE for e in errs) and all(torch.isfinite(x).all().item() for x in got)
+            tail_zero = all((x[tail] == 0).all().item() for x in got)
+            row = f"{backend:8} " + " ".join(f"{e:9.2e}" for e in errs) + f"  {'PASS' if ok else 'FAIL':4} {str(tail_zero):6}"
+            if timing:
+                build = lambda: A.build_layout(cu, prefix, total_len, MAX_SEQLEN, backend, attn_type)  # noqa: E731
+                layout, syncs = count_syncs(build)
+                build_ms = median_ms(build, iters=5, warmup=1)
+
+                def step():
+                    out = A.packed_attention(*leaves, layout)
+                    torch.autograd.grad(out, leaves, grad_out)
+
+                row += f" {build_ms:9.2f} {syncs:5d} {median_ms(step):10.2f}"
+            print(row, flush=True)
+
+
+def main():
+    device = torch.device("cuda")
+    print(f"command: python3 {' '.join(sys.argv)}")
+    print(f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
+    print(f"gpu: {torch.cuda.get_device_name(device)}; torch {torch.__version__}")
+    backends = A.available_backends(device)
+    for name in A.BACKENDS:
+        reason = A._unavailable_reason(name, device)
+        print(f"backend {name:7}: {'available' if reason is None else 'UNAVAILABLE - ' + reason}")
+    print(f"auto -> {A.resolve_backend('auto', device)}")
+
+    rng = np.random.default_rng(0)
+    realistic = EDGE + random_samples(rng, 16384 - sum(p + c for p, c in EDGE) - 64)
+    check_batch("realistic", realistic, 16384, backends, device, timing=True)
+    # Samples the loader should drop (no prefix, no response) must still not break the kernels.
+    degenerate = [(0, 50), (7, 0), (1, 1)] + random_samples(rng, 4000)
+    check_batch("degenerate", degenerate, 4096, backends, device, timing=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,292 @@
+"""Attention semantics of hrm-text, in one place (DESIGN.md §3), and the kernels that compute them.
+
+A packed batch is one token axis of length L holding samples back to back. Sample i occupies
+[cu_seqlens[i], cu_seqlens[i+1]); its first prefix_lens[i] tokens are the prefix (instruction), the
+rest the response. Query q may attend key k iff both lie in the same sample and (k <= q, or both lie
+in that sample's prefix). attn_type "causal" is plain causal attention within a sample (every prefix
+length taken as 0). Tokens after the last sample (the padding tail) belong to no sample: every
+backend outputs exactly 0 there and passes no gradient through them.
+
+Backends, all computing exactly that:
+- sdpa:   dense [L, L] boolean mask + scaled_dot_product_attention; the reference, runs anywhere.
+- varlen: torch.nn.attention.varlen.varlen_attn (FA2 kernels inside PyTorch), in two passes: a
+          non-causal pass over prefix tokens only, then a causal pass whose queries are the response
+          tokens and whose keys are the whole sample, with the causal mask aligned bottom-right
+          (query j of a c-token response over an n-token sample sees keys 0 .. j + n - c).
+- fa3:    the same two passes through FlashAttention 3 (flash_attn_interface), Hopper only.
+- flex:   flex_attention with a BlockMask built from the same metadata. CUDA only: in torch 2.13
+          flex_attention runs forward on CPU but raises on backward there, so it cannot train on CPU.
+
+Generation (static KV cache) uses `generation_mask` + `cached_attention`: the prompt is prefilled
+with prefix semantics, then each new token attends causally to everything before it.
+"""
+
+import importlib.util
+import inspect
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+try:
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # torch < 2.10
+    varlen_attn = None
+
+try:
+    from flash_attn_interface import flash_attn_varlen_func
+except ImportError:
+    flash_attn_varlen_func = None
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("sdpa", "varlen", "fa3", "flex")
+ATTN_TYPES = ("prefixlm", "causal")
+# Fastest first, as measured on an H100 (bench/attention_check.txt): compiled flex beats the two-pass
+# varlen by about 3x on prefix-LM batches; fa3 is untested there (not installed) and ranks next.
+_AUTO_ORDER = ("flex", "fa3", "varlen", "sdpa")
+
+# torch 2.10 spells causal `is_causal=True`; torch >= 2.11 replaced it with window_size=(-1, 0).
+if varlen_attn is not None and "window_size" in inspect.signature(varlen_attn).parameters:
+    _VARLEN_CAUSAL = {"window_size": (-1, 0)}
+else:
+    _VARLEN_CAUSAL = {"is_causal": True}
+
+
+# ----------------------------------------------------------------------------------------------
+# Backend selection
+
+
+def _unavailable_reason(name: str, device: torch.device) -> str | None:
+    """None when backend `name` can run forward and backward on `device`, else why not."""
+    if name == "sdpa":
+        return None
+    if name == "varlen":
+        if device.type != "cuda":
+            return "varlen needs a CUDA device"
+        if varlen_attn is None:
+            return "torch.nn.attention.varlen.varlen_attn is not importable (needs torch >= 2.10)"
+        return None
+    if name == "fa3":
+        if device.type != "cuda":
+            return "fa3 needs a CUDA device"
+        if flash_attn_varlen_func is None:
+            return "flash_attn_interface (FlashAttention 3) is not installed"
+        if torch.cuda.get_device_capability(device)[0] != 9:
+            return f"fa3 needs a Hopper GPU (sm90), found {torch.cuda.get_device_name(device)}"
+        return None
+    if name == "flex":
+        if device.type != "cuda":
+            return f"flex_attention has no backward on {device.type} in torch {torch.__version__}"
+        if importlib.util.find_spec("triton") is None:
+            return "flex_attention on CUDA needs triton"
+        return None
+    raise ValueError(f"unknown attention backend {name!r}; choose from {BACKENDS + ('auto',)}")
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    device = torch.device(device)
+    return [name for name in BACKENDS if _unavailable_reason(name, device) is None]
+
+
+_logged_choices: set[tuple[str, str]] = set()
+
+
+def resolve_backend(name: str, device: torch.device | str) -> str:
+    """'auto' -> the fastest backend available on `device` (logged once); a named backend is
+    returned if it can run there, else ValueError says why and lists the available ones."""
+    device = torch.device(device)
+    available = available_backends(device)
+    if name == "auto":
+        chosen = next(b for b in _AUTO_ORDER if b in available)
+        if (device.type, chosen) not in _logged_choices:
+            _logged_choices.add((device.type, chosen))
+            log.info("attention backend auto -> %s on %s (available: %s)", chosen, device.type, ", ".join(available))
+        return chosen
+    reason = _unavailable_reason(name, device)
+    if reason is not None:
+        raise ValueError(f"attention backend {name!r} is unavailable: {reason}; available on {device}: {available}")
+    return name
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-batch layout
+
+
+@dataclass
+class PackedLayout:
+    """What one backend needs to attend over one packed batch. Built once per batch by
+    `build_layout` and shared by every layer and recurrent call."""
+
+    backend: str
+    attn_type: str
+    max_seqlen: int
+    token_valid: torch.Tensor  # [L] bool: the token belongs to a sample (False on the padding tail)
+    dense_mask: torch.Tensor | None = None  # sdpa: [L, L] bool, True = may attend
+    block_mask: BlockMask | None = None  # flex
+    # varlen / fa3. Gathered rows j < (number of such tokens) read token idx[j]; later rows are
+    # unused (idx 0, rows_valid False). The causal pass's keys are the untouched token axis.
+    cu_seqlens: torch.Tensor | None = None  # int32 [M+1]: whole samples (causal-pass keys)
+    prefix_cu: torch.Tensor | None = None  # int32 [M+1]: prefixes, in gathered prefix rows
+    prefix_idx: torch.Tensor | None = None  # int64 [L]
+    prefix_rows_valid: torch.Tensor | None = None  # bool [L]
+    response_cu: torch.Tensor | None = None  # int32 [M+1]: responses, in gathered response rows
+    response_idx: torch.Tensor | None = None  # int64 [L]
+    response_rows_valid: torch.Tensor | None = None  # bool [L]
+
+
+def _may_attend(seg_q, seg_k, prefix_end_q, q_idx, k_idx):
+    """The one definition of who sees whom (DESIGN.md §3), over absolute token indices.
+    The padding tail is given its own segment (and a prefix end at its start), so its rows are
+    causal among themselves: never empty, hence never NaN; the backends zero them afterwards."""
+    both_in_prefix = (k_idx < prefix_end_q) & (q_idx < prefix_end_q)
+    return (seg_q == seg_k) & ((k_idx <= q_idx) | both_in_prefix)
+
+
+def _compact(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed-length gather of the tokens where `keep`, in token order, without a host sync:
+    row j reads token idx[j] for j < keep.sum(); later rows are unused (idx 0, valid False)."""
+    count = torch.cumsum(keep, 0)
+    rows = torch.arange(1, keep.numel() + 1, device=keep.device)
+    idx = torch.searchsorted(count, rows)  # first token at which the running count reaches j + 1
+    valid = rows <= count[-1]
+    return torch.where(valid, idx, 0), valid
+
+
+def _cumulative(lengths: torch.Tensor) -> torch.Tensor:
+    return F.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
+
+
+def build_layout(
+    cu_seqlens: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    total_len: int,
+    max_seqlen: int,
+    backend: str,
+    attn_type: str = "prefixlm",
+) -> PackedLayout:
+    """cu_seqlens int32 [M+1] (padding slots repeat the total: zero-length samples), prefix_lens
+    int32 [M], total_len L (static), max_seqlen a static upper bound on any sample's length.
+    `backend` is a resolved name (see resolve_backend). No host syncs for varlen / fa3."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose from {BACKENDS}")
+    if attn_type not in ATTN_TYPES:
+        raise ValueError(f"unknown attn_type {attn_type!r}; choose from {ATTN_TYPES}")
+    device = cu_seqlens.device
+    cu = cu_seqlens.long()
+    prefix = prefix_lens.long() if attn_type == "prefixlm" else torch.zeros_like(prefix_lens, dtype=torch.long)
+    tokens = torch.arange(total_len, device=device)
+    # Sample id per token; tail tokens get id M (right=True skips zero-length padding samples).
+    seg = torch.searchsorted(cu[1:], tokens, right=True)
+    prefix_end = cu[seg] + F.pad(prefix, (0, 1))[seg]
+    token_valid = tokens < cu[-1]
+    layout = PackedLayout(backend, attn_type, max_seqlen, token_valid)
+
+    if backend == "sdpa":
+        layout.dense_mask = _may_attend(seg[:, None], seg[None, :], prefix_end[:, None], tokens[:, None], tokens[None, :])
+    elif backend == "flex":
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return _may_attend(seg[q_idx], seg[kv_idx], prefix_end[q_idx], q_idx, kv_idx)
+
+        layout.block_mask = create_block_mask(mask_mod, None, None, total_len, total_len, device=device)
+    else:
+        layout.cu_seqlens = cu_seqlens.to(torch.int32)
+        if attn_type == "prefixlm":
+            is_prefix = token_valid & (tokens < prefix_end)
+            layout.prefix_cu = _cumulative(prefix)
+            layout.prefix_idx, layout.prefix_rows_valid = _compact(is_prefix)
+            layout.response_cu = _cumulative(cu[1:] - cu[:-1] - prefix)
+            layout.response_idx, layout.response_rows_valid = _compact(token_valid & ~is_prefix)
+    return layout
+
+
+# ----------------------------------------------------------------------------------------------
+# Packed attention
+
+
+def _torch_varlen(q, k, v, cu_q, cu_k, max_len, causal):
+    return varlen_attn(q, k, v, cu_q, cu_k, max_len, max_len, **(_VARLEN_CAUSAL if causal else {}))
+
+
+def _fa3_varlen(q, k, v, cu_q, cu_k, max_len, causal):
+    out = flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_len, max_len, causal=causal)
+    return out[0] if isinstance(out, tuple) else out  # older FA3 builds also return the LSE
+
+
+# Both take q [Tq, H, D], k/v [Tk, H, D] and return [Tq, H, D]; causal is bottom-right aligned.
+_VARLEN_KERNELS = {"varlen": _torch_varlen, "fa3": _fa3_varlen}
+
+_compiled_flex = None
+
+
+def _flex(q, k, v, block_mask):
+    global _compiled_flex
+    if q.device.type != "cuda":
+        return flex_attention(q, k, v, block_mask=block_mask)  # unfused; forward only off CUDA
+    if _compiled_flex is None:
+        # flex_attention is only fused (and memory-efficient) when compiled.
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=block_mask)
+
+
+def _only_rows(rows_valid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.where(rows_valid[:, None, None], x, 0)
+
+
+def _two_pass(q, k, v, layout: PackedLayout) -> torch.Tensor:
+    kernel = _VARLEN_KERNELS[layout.backend]
+    n = layout.max_seqlen
+    # Rows outside every sequence (padding tail, unused gathered rows) are never written by the
+    # kernels, forward or backward: their outputs and gradients are garbage, so zero them both ways.
+    k, v = _only_rows(layout.token_valid, k), _only_rows(layout.token_valid, v)
+    if layout.attn_type == "causal":
+        out = kernel(_only_rows(layout.token_valid, q), k, v, layout.cu_seqlens, layout.cu_seqlens, n, True)
+        return _only_rows(layout.token_valid, out)
+
+    out = torch.zeros_like(q)
+    # Pass 1: prefix queries over prefix keys, bidirectional.
+    idx, rows = layout.prefix_idx, layout.prefix_rows_valid
+    qp, kp, vp = (_only_rows(rows, x.index_select(0, idx)) for x in (q, k, v))
+    out_prefix = kernel(qp, kp, vp, layout.prefix_cu, layout.prefix_cu, n, False)
+    # index_add, not index_copy: unused rows all point at token 0 and must add exactly nothing.
+    out = out.index_add(0, idx, _only_rows(rows, out_prefix))
+    # Pass 2: response queries over the whole sample; bottom-right causal = k <= q in the sample.
+    idx, rows = layout.response_idx, layout.response_rows_valid
+    qr = _only_rows(rows, q.index_select(0, idx))
+    out_response = kernel(qr, k, v, layout.response_cu, layout.cu_seqlens, n, True)
+    return out.index_add(0, idx, _only_rows(rows, out_response))
+
+
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
+    """q, k, v [L, H, D] (RoPE applied) -> [L, H, D]; softmax scale 1/sqrt(D)."""
+    if layout.backend in _VARLEN_KERNELS:
+        return _two_pass(q, k, v, layout)
+    q4, k4, v4 = (x.transpose(0, 1)[None] for x in (q, k, v))  # [1, H, L, D]
+    if layout.backend == "sdpa":
+        out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=layout.dense_mask)
+    else:
+        out = _flex(q4, k4, v4, layout.block_mask)
+    return _only_rows(layout.token_valid, out[0].transpose(0, 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation with a static KV cache
+
+
+def generation_mask(query_positions: torch.Tensor, prompt_lens: torch.Tensor, cache_len: int) -> torch.Tensor:
+    """Bool mask [B, 1, Tq, cache_len] for queries at cache positions query_positions [B, Tq]
+    (or [Tq], shared by all rows); row b's prompt fills cache positions 0 .. prompt_lens[b]-1.
+    Query q sees key k iff k <= q, or both lie in the prompt (prefix semantics for the prefill)."""
+    q = query_positions[..., :, None]  # [B or 1, Tq, 1]
+    k = torch.arange(cache_len, device=query_positions.device)
+    prompt = prompt_lens[:, None, None]
+    mask = (k <= q) | ((k < prompt) & (q < prompt))
+    return mask[:, None]
+
+
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """q [B, H, Tq, D] over a KV cache k, v [B, H, T, D] with a `generation_mask`; -> [B, H, Tq, D]."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -1,0 +1,210 @@
+"""models/attention.py: every backend computes DESIGN.md §3's masking, checked against the sdpa
+reference, which is itself checked against an explicit per-(query, key) loop."""
+
+import math
+
+import pytest
+import torch
+
+from models import attention as A
+
+CPU = torch.device("cpu")
+
+# (prefix, response) lengths, with prefix length 1 and response length 1 among them.
+MIXED = [(5, 7), (1, 4), (6, 1), (1, 1), (9, 12), (3, 2)]
+# Degenerate samples the kernels must also survive: no prefix, no response.
+DEGENERATE = [(0, 6), (4, 0), (2, 3)]
+
+
+def make_batch(samples, total_len, slots, device=CPU):
+    """cu_seqlens [slots+1], prefix_lens/causal_lens [slots] as the data loader pads them."""
+    lengths = [p + c for p, c in samples]
+    assert sum(lengths) < total_len and len(samples) <= slots  # keep a padding tail
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    cu += [cu[-1]] * (slots - len(samples))
+    prefix = [p for p, _ in samples] + [0] * (slots - len(samples))
+    causal = [c for _, c in samples] + [0] * (slots - len(samples))
+    as_int = lambda xs: torch.tensor(xs, dtype=torch.int32, device=device)  # noqa: E731
+    return as_int(cu), as_int(prefix), as_int(causal)
+
+
+def random_qkv(total_len, heads=3, dim=8, dtype=torch.float32, device=CPU, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(total_len, heads, dim, generator=g).to(device, dtype).requires_grad_() for _ in range(3)]
+
+
+def loop_reference(q, k, v, samples, attn_type):
+    """Explicit loop over (query, key) pairs in float64, straight from the DESIGN.md §3 rule."""
+    L, H, D = q.shape
+    out = torch.zeros(L, H, D, dtype=torch.float64)
+    start = 0
+    for p, c in samples:
+        n, p = p + c, p if attn_type == "prefixlm" else 0
+        for qi in range(start, start + n):
+            for h in range(H):
+                keys = [ki for ki in range(start, start + n) if ki <= qi or (ki < start + p and qi < start + p)]
+                scores = torch.stack([(q[qi, h].double() @ k[ki, h].double()) / math.sqrt(D) for ki in keys])
+                weights = torch.softmax(scores, 0)
+                out[qi, h] = sum(w * v[ki, h].double() for w, ki in zip(weights, keys))
+        start += n
+    return out
+
+
+def run(backend, q, k, v, cu, prefix, max_seqlen, attn_type, grad_out=None):
+    layout = A.build_layout(cu, prefix, q.shape[0], max_seqlen, backend, attn_type)
+    out = A.packed_attention(q, k, v, layout)
+    if grad_out is None:
+        return out, None
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    return out, grads
+
+
+@pytest.mark.parametrize("attn_type", A.ATTN_TYPES)
+def test_sdpa_matches_explicit_loop(attn_type):
+    samples = [(3, 2), (1, 1), (2, 4), (0, 2)]
+    cu, prefix, _ = make_batch(samples, total_len=20, slots=6)
+    q, k, v = random_qkv(20, heads=2, dim=4)
+    out, _ = run("sdpa", q, k, v, cu, prefix, 8, attn_type)
+    torch.testing.assert_close(out.double(), loop_reference(q, k, v, samples, attn_type), atol=1e-6, rtol=0)
+
+
+def fake_varlen_kernel(q, k, v, cu_q, cu_k, max_len, causal):
+    """Python stand-in for a varlen flash kernel, with its hazards made loud: bottom-right causal
+    per sequence, and rows outside every sequence come out NaN in forward and backward."""
+    out = torch.zeros_like(q)
+    cu_q, cu_k = cu_q.tolist(), cu_k.tolist()
+    for i in range(len(cu_q) - 1):
+        qs, ks = q[cu_q[i] : cu_q[i + 1]], k[cu_k[i] : cu_k[i + 1]]
+        nq, nk = qs.shape[0], ks.shape[0]
+        assert nq <= max_len and nk <= max_len
+        if nq == 0:
+            continue
+        allowed = torch.ones(nq, nk, dtype=torch.bool)
+        if causal:  # query j sees keys 0 .. j + nk - nq
+            allowed = torch.arange(nk)[None, :] <= torch.arange(nq)[:, None] + (nk - nq)
+        o = torch.nn.functional.scaled_dot_product_attention(
+            qs.transpose(0, 1), ks.transpose(0, 1), v[cu_k[i] : cu_k[i + 1]].transpose(0, 1), attn_mask=allowed
+        )
+        out = out.index_copy(0, torch.arange(cu_q[i], cu_q[i + 1]), o.transpose(0, 1))
+    unused = q[cu_q[-1] :].sum() + k[cu_k[-1] :].sum() + v[cu_k[-1] :].sum()
+    nan_rows = torch.full_like(q[cu_q[-1] :], math.nan) * unused
+    return torch.cat([out[: cu_q[-1]], nan_rows])
+
+
+@pytest.fixture
+def fake_varlen(monkeypatch):
+    monkeypatch.setitem(A._VARLEN_KERNELS, "varlen", fake_varlen_kernel)
+
+
+def cpu_backends():
+    """Backends with a full forward+backward on CPU, plus the two-pass varlen logic run through
+    the fake kernel (the real kernels are checked by the CUDA tests and bench/attention_check.py)."""
+    return A.available_backends(CPU) + ["varlen"]
+
+
+@pytest.mark.parametrize("attn_type", A.ATTN_TYPES)
+@pytest.mark.parametrize("samples", [MIXED, MIXED + DEGENERATE], ids=["mixed", "degenerate"])
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_backend_matches_sdpa(backend, samples, attn_type, fake_varlen):
+    total_len = sum(p + c for p, c in samples) + 7
+    cu, prefix, _ = make_batch(samples, total_len, slots=len(samples) + 3)
+    q, k, v = random_qkv(total_len)
+    grad_out = torch.randn(total_len, 3, 8)  # nonzero on the padding tail too
+    ref_out, ref_grads = run("sdpa", q, k, v, cu, prefix, 21, attn_type, grad_out)
+    out, grads = run(backend, q, k, v, cu, prefix, 21, attn_type, grad_out)
+    tail = slice(int(cu[-1]), total_len)
+    for got, want in zip((out, *grads), (ref_out, *ref_grads)):
+        assert torch.isfinite(got).all()
+        assert (got[tail] == 0).all()
+        assert (got - want).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("attn_type", A.ATTN_TYPES)
+def test_flex_forward_matches_sdpa_on_cpu(attn_type):
+    """flex cannot train on CPU (no backward), but its block mask is checked here in forward."""
+    samples = MIXED + DEGENERATE
+    total_len = sum(p + c for p, c in samples) + 5
+    cu, prefix, _ = make_batch(samples, total_len, slots=12)
+    q, k, v = (x.detach() for x in random_qkv(total_len))
+    ref, _ = run("sdpa", q, k, v, cu, prefix, 21, attn_type)
+    out, _ = run("flex", q, k, v, cu, prefix, 21, attn_type)
+    assert (out - ref).abs().max() < 1e-5
+
+
+def test_prefill_then_decode_matches_packed():
+    """Prefill each row's prompt into a static cache, decode token by token: equals packed prefix-LM."""
+    samples = [(4, 5), (1, 7), (6, 1)]
+    total_len = sum(p + c for p, c in samples) + 3
+    cu, prefix, _ = make_batch(samples, total_len, slots=4)
+    q, k, v = (x.detach() for x in random_qkv(total_len, heads=2, dim=8))
+    packed, _ = run("sdpa", q, k, v, cu, prefix, 16, "prefixlm")
+
+    B, H, D, T = len(samples), 2, 8, 12
+    row_q, row_k, row_v = (torch.zeros(B, H, T, D) for _ in range(3))
+    for b, (start, (p, c)) in enumerate(zip(cu.tolist(), samples)):
+        for x, row in ((q, row_q), (k, row_k), (v, row_v)):
+            row[b, :, : p + c] = x[start : start + p + c].transpose(0, 1)
+    prompt_lens = torch.tensor([p for p, _ in samples])
+    cache_k, cache_v = torch.zeros(B, H, T, D), torch.zeros(B, H, T, D)
+    got = torch.zeros(B, H, T, D)
+
+    # Prefill the longest prompt's span for every row: shorter rows' extra positions are response
+    # tokens, and the mask makes them causal, exactly as if they had been decoded one by one.
+    n_prefill = int(prompt_lens.max())
+    positions = torch.arange(n_prefill).expand(B, n_prefill)
+    cache_k[:, :, :n_prefill], cache_v[:, :, :n_prefill] = row_k[:, :, :n_prefill], row_v[:, :, :n_prefill]
+    mask = A.generation_mask(positions, prompt_lens, T)
+    assert mask.shape == (B, 1, n_prefill, T)
+    got[:, :, :n_prefill] = A.cached_attention(row_q[:, :, :n_prefill], cache_k, cache_v, mask)
+    for t in range(n_prefill, T):
+        cache_k[:, :, t], cache_v[:, :, t] = row_k[:, :, t], row_v[:, :, t]
+        mask = A.generation_mask(torch.full((B, 1), t), prompt_lens, T)
+        got[:, :, t : t + 1] = A.cached_attention(row_q[:, :, t : t + 1], cache_k, cache_v, mask)
+
+    for b, (start, (p, c)) in enumerate(zip(cu.tolist(), samples)):
+        want = packed[start : start + p + c].transpose(0, 1)
+        assert (got[b, :, : p + c] - want).abs().max() < 1e-5
+
+
+def test_generation_mask_rule():
+    mask = A.generation_mask(torch.arange(4), torch.tensor([2, 0]), 5)[:, 0]
+    prompt2 = torch.tensor(
+        [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool
+    )
+    assert torch.equal(mask[0], prompt2)
+    assert torch.equal(mask[1], torch.ones(4, 5, dtype=torch.bool).tril())
+
+
+def test_backend_resolution_on_cpu():
+    assert A.available_backends(CPU) == ["sdpa"]
+    assert A.resolve_backend("auto", CPU) == "sdpa"
+    assert A.resolve_backend("sdpa", "cpu") == "sdpa"
+    with pytest.raises(ValueError, match=r"'varlen' is unavailable: varlen needs a CUDA device.*\['sdpa'\]"):
+        A.resolve_backend("varlen", CPU)
+    with pytest.raises(ValueError, match="flex_attention has no backward on cpu"):
+        A.resolve_backend("flex", CPU)
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        A.resolve_backend("xformers", CPU)
+
+
+CUDA_BACKENDS = A.available_backends("cuda") if torch.cuda.is_available() else []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("attn_type", A.ATTN_TYPES)
+@pytest.mark.parametrize("backend", [b for b in CUDA_BACKENDS if b != "sdpa"])
+def test_cuda_backend_matches_fp32_sdpa(backend, attn_type):
+    cuda = torch.device("cuda")
+    samples = MIXED * 8 + [(130, 200), (1, 300), (250, 1)]
+    total_len = sum(p + c for p, c in samples) + 100
+    cu, prefix, _ = make_batch(samples, total_len, slots=len(samples) + 8, device=cuda)
+    q, k, v = random_qkv(total_len, heads=4, dim=64, device=cuda)
+    grad_out = torch.randn(total_len, 4, 64, device=cuda)
+    ref_out, ref_grads = run("sdpa", q, k, v, cu, prefix, 512, attn_type, grad_out)
+    lq, lk, lv = (x.detach().bfloat16().requires_grad_() for x in (q, k, v))
+    out, grads = run(backend, lq, lk, lv, cu, prefix, 512, attn_type, grad_out.bfloat16())
+    for got, want in zip((out, *grads), (ref_out, *ref_grads)):
+        assert torch.isfinite(got).all()
+        assert ((got.float() - want).norm() / want.norm()) < 1e-2
