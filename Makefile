@@ -20,7 +20,10 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 demo: setup
-	$(PY) -m demo --data-dir $(DEMO_DIR) --run-dir $(DEMO_RUN)
+	test -f $(DEMO_DIR)/sampled/metadata.json || $(PY) -m data_io.demo --out $(DEMO_DIR)
+	rm -rf $(DEMO_RUN)
+	$(PY) pretrain.py --config-name cfg_demo data.path=$(DEMO_DIR)/sampled checkpoint_path=$(DEMO_RUN)
+	$(PY) simple_inference_engine.py heldout --run $(DEMO_RUN) --heldout $(DEMO_DIR)/heldout.jsonl --report
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -172,12 +172,12 @@ def run(cfg: TrainConfig, d: Dist) -> None:
     run_dir = Path(cfg.checkpoint_path)
 
     batch_max_length = cfg.global_batch_size // d.world_size
-    dataset = PackedDataset(cfg.data.path, batch_max_length=batch_max_length, num_replicas=d.world_size,
-                            rank=d.rank, target_only=cfg.data.target_only,
-                            max_samples_per_batch=cfg.data.max_samples_per_batch, device=d.device)
+    dataset = PackedDataset(cfg.data.path, cfg.global_batch_size, num_replicas=d.world_size, rank=d.rank,
+                            epochs=cfg.epochs, target_only=cfg.data.target_only,
+                            max_samples_per_batch=cfg.data.max_samples_per_batch)
     meta = dataset.metadata
     vocab_size = model_vocab_size(meta["tokenizer_info"]["vocab_size"])
-    context_len = meta["max_seq_len"] - 1
+    context_len = dataset.max_seq_len - 1
     total_steps = max(1, math.ceil(cfg.epochs * meta["total_length"] / cfg.global_batch_size))
     last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
 
@@ -193,7 +193,7 @@ def run(cfg: TrainConfig, d: Dist) -> None:
     optimizer = AdamATan2(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                           weight_decay=cfg.weight_decay, ema_rate=cfg.ema_rate)
 
-    step, epoch, batch_in_epoch = 0, 0, 0
+    step = 0
     if resume_dir is not None and cfg.weights_only_resume_from_ema:
         ckpt.load_ema_weights(resume_ckpt, model, optimizer)
         optimizer = AdamATan2(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
@@ -203,9 +203,10 @@ def run(cfg: TrainConfig, d: Dist) -> None:
     elif resume_dir is not None:
         ckpt.load_checkpoint(resume_ckpt, model, optimizer)
         state = ckpt.read_trainer_state(resume_ckpt)
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        step = state["step"]
+        dataset.load_state_dict(state["data"])
         if d.is_main:
-            print(f"resuming {resume_ckpt} at step {step} (epoch {epoch}, batch {batch_in_epoch})", flush=True)
+            print(f"resuming {resume_ckpt} at step {step} (data position {state['data']})", flush=True)
 
     flops_per_token = executed_flops_per_token(cfg.arch, vocab_size, context_len)
     logger = None
@@ -213,7 +214,7 @@ def run(cfg: TrainConfig, d: Dist) -> None:
         write_run_files(cfg, run_dir, meta, {
             "started": datetime.now(timezone.utc).isoformat(), "world_size": d.world_size,
             "device": torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "attention_backend": backend, "parameters": n_params,
+            "torch": str(torch.__version__), "attention_backend": backend, "parameters": n_params,
             "vocab_size": vocab_size, "total_steps": total_steps, "last_step": last_step,
             "executed_flops_per_token": flops_per_token, "batch_max_length": batch_max_length,
         })
@@ -225,8 +226,8 @@ def run(cfg: TrainConfig, d: Dist) -> None:
     dist.barrier()
 
     def save(name: str) -> None:
-        trainer_state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                         "total_steps": total_steps, "arch": cfg.arch.model_dump()}
+        trainer_state = {"step": step, "data": dataset.state_dict(), "total_steps": total_steps,
+                         "arch": cfg.arch.model_dump()}
         ckpt.save_checkpoint(run_dir / "checkpoints" / name, model, optimizer, trainer_state)
         if d.is_main:
             ckpt.prune_step_checkpoints(run_dir, cfg.keep_last)
@@ -235,69 +236,64 @@ def run(cfg: TrainConfig, d: Dist) -> None:
     peak = peak_flops(d.device)
     sums: dict[str, torch.Tensor] = {}
     window_tokens, window_start = 0, time.perf_counter()
+
+    def log_metrics(step, lr, bp_steps, grad_norm) -> None:
+        """Reduce the (sum, count) metrics of the window over ranks; log on rank 0."""
+        nonlocal window_tokens, window_start
+        names = sorted(sums)
+        packed = all_reduce_sum(torch.stack([sums[k] for k in names]))
+        values = {f"train/{k}": (v[0] / v[1].clamp(min=1)).item() for k, v in zip(names, packed)}
+        if not math.isfinite(values["train/loss"]):
+            done = ckpt.complete_checkpoints(run_dir)
+            fail(f"non-finite loss at step {step}; last good checkpoint: {done[-1] if done else 'none'}")
+        tokens_per_s = window_tokens * d.world_size / (time.perf_counter() - window_start)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        values.update({"train/lr": lr, "train/bp_steps": bp_steps, "train/grad_norm": grad_norm.item(),
+                       "perf/tokens_per_s": tokens_per_s, "perf/tokens_per_s_per_device": tokens_per_s / d.world_size})
+        if peak:
+            values["perf/mfu"] = tokens_per_s / d.world_size * flops_per_token / peak
+            values["perf/peak_memory_gib"] = torch.cuda.max_memory_allocated(d.device) / 2**30
+        if logger:
+            logger.log(step, values)
+            bar.set_postfix(loss=f"{values['train/loss']:.4f}", lr=f"{lr:.2e}")
+        sums.clear()
+        window_tokens, window_start = 0, time.perf_counter()
     bar = tqdm(total=last_step, initial=step, desc="train", disable=not d.is_main, dynamic_ncols=True)
     model.train()
-    while step < last_step and epoch < cfg.epochs:
-        for batch, stats in dataset.batches(epoch, start_batch=batch_in_epoch):
-            step += 1
-            batch_in_epoch += 1
-            lr = lr_at(step, total_steps, cfg.lr, cfg.lr_warmup_steps, cfg.lr_min_ratio)
-            bp_steps = bp_steps_at(cfg.arch, step - 1, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            layout = attn_lib.build_layout(batch["cu_seqlens"], batch["prefix_lens"], total_len=batch_max_length,
-                                           max_seqlen=context_len, backend=backend, attn_type=cfg.arch.attn_type)
-            normalizer = all_reduce_sum(torch.tensor(float(stats["num_label_tokens"]), device=d.device)) / d.world_size
-            metrics = train_step(model, batch, layout, bp_steps, normalizer.clamp(min=1.0),
-                                 batch["prefix_lens"].shape[0])
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            for name, (total, count) in metrics.items():
-                s = sums.setdefault(name, torch.zeros(2, device=d.device))
-                s += torch.stack([total, count])
-            window_tokens += stats["num_tokens"]
-            bar.update(1)
+    for batch, stats in dataset:
+        batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
+        step += 1
+        lr = lr_at(step, total_steps, cfg.lr, cfg.lr_warmup_steps, cfg.lr_min_ratio)
+        bp_steps = bp_steps_at(cfg.arch, step - 1, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        layout = attn_lib.build_layout(batch["cu_seqlens"], batch["prefix_lens"], total_len=batch_max_length,
+                                       max_seqlen=context_len, backend=backend, attn_type=cfg.arch.attn_type)
+        normalizer = all_reduce_sum(torch.tensor(float(stats["num_label_tokens"]), device=d.device)) / d.world_size
+        metrics = train_step(model, batch, layout, bp_steps, normalizer.clamp(min=1.0), dataset.max_samples_per_batch)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        for name, (total, count) in metrics.items():
+            sums.setdefault(name, torch.zeros(2, device=d.device)).add_(torch.stack([total, count]))
+        window_tokens += stats["num_tokens"]
+        bar.update(1)
 
-            if step % cfg.log_interval == 0 or step == last_step:
-                packed = torch.stack([sums[k] for k in sorted(sums)])
-                all_reduce_sum(packed)
-                values = {f"train/{k}": (v[0] / v[1].clamp(min=1)).item() for k, v in zip(sorted(sums), packed)}
-                if not math.isfinite(values["train/loss"]):
-                    done = ckpt.complete_checkpoints(run_dir)
-                    fail(f"non-finite loss at step {step}; last good checkpoint: {done[-1] if done else 'none'}")
-                elapsed = time.perf_counter() - window_start
-                tokens_per_s = window_tokens * d.world_size / elapsed
-                values.update({"train/lr": lr, "train/bp_steps": bp_steps,
-                               "train/grad_norm": grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor") else grad_norm.item(),
-                               "perf/tokens_per_s": tokens_per_s,
-                               "perf/tokens_per_s_per_device": tokens_per_s / d.world_size})
-                if peak:
-                    values["perf/mfu"] = tokens_per_s / d.world_size * flops_per_token / peak
-                    values["perf/peak_memory_gib"] = torch.cuda.max_memory_allocated(d.device) / 2**30
-                if logger:
-                    logger.log(step, values)
-                    bar.set_postfix(loss=f"{values['train/loss']:.4f}", lr=f"{lr:.2e}")
-                sums.clear()
-                window_tokens, window_start = 0, time.perf_counter()
-
-            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
+        if step % cfg.log_interval == 0 or step == last_step:
+            log_metrics(step, lr, bp_steps, grad_norm)
+        epoch_ended = dataset.state_dict()["step"] == 0
+        if epoch_ended:
+            save(f"epoch_{stats['epoch']}")
+        elif step == last_step or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0):
+            save(f"step_{step}")
+        if step >= last_step:
+            break
+        if step % cfg.log_interval == 0 and stop.agreed(d.device):
+            if not epoch_ended:
                 save(f"step_{step}")
-            if step >= last_step:
-                break
-            if step % cfg.log_interval == 0 and stop.agreed(d.device):
-                save(f"step_{step}")
-                if d.is_main:
-                    print(f"SIGTERM: checkpoint written at step {step}; exiting", flush=True)
-                bar.close()
-                return
-        else:  # the epoch ran to its end
-            epoch, batch_in_epoch = epoch + 1, 0
-            save(f"epoch_{epoch - 1}")
-            continue
-        break
-    if not (run_dir / "checkpoints" / f"step_{step}").exists() and batch_in_epoch:
-        save(f"step_{step}")
+            if d.is_main:
+                print(f"SIGTERM: checkpoint written at step {step}; exiting", flush=True)
+            break
     bar.close()
     if logger:
         logger.close()

@@ -125,6 +125,10 @@ class PackedLayout:
     max_seqlen: int
     token_valid: torch.Tensor  # [L] bool: the token belongs to a sample (False on the padding tail)
     dense_mask: torch.Tensor | None = None  # sdpa: [L, L] bool, True = may attend
+    # sdpa over a band (samples much shorter than L): query block i (rows [iB, (i+1)B)) sees the
+    # keys band_keys[i] = [iB - W, (i+1)B + W) with W = max_seqlen - 1; band_mask [nb, B, B + 2W].
+    band_keys: torch.Tensor | None = None  # int64 [nb, B + 2W], clamped into [0, L)
+    band_mask: torch.Tensor | None = None
     block_mask: BlockMask | None = None  # flex
     # varlen / fa3. Gathered rows j < (number of such tokens) read token idx[j]; later rows are
     # unused (idx 0, rows_valid False). The causal pass's keys are the untouched token axis.
@@ -153,6 +157,34 @@ def _compact(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     idx = torch.searchsorted(count, rows)  # first token at which the running count reaches j + 1
     valid = rows <= count[-1]
     return torch.where(valid, idx, 0), valid
+
+
+def _band(seg, prefix_end, total_len: int, max_seqlen: int):
+    """Keys and mask of the banded sdpa: a sample is contiguous and at most max_seqlen long, so a
+    query never sees a key more than max_seqlen - 1 tokens away (before it, or after it within a
+    bidirectional prefix). Costs L * (B + 2W) instead of L * L; the mask is `_may_attend`'s."""
+    block, halo = max_seqlen, max_seqlen - 1
+    n_blocks = -(-total_len // block)
+    q_idx = torch.arange(n_blocks * block, device=seg.device).view(n_blocks, block)
+    k_idx = q_idx[:, :1] - halo + torch.arange(block + 2 * halo, device=seg.device)
+    q_in, k_in = q_idx.clamp(max=total_len - 1), k_idx.clamp(0, total_len - 1)
+    mask = _may_attend(seg[q_in][:, :, None], seg[k_in][:, None, :], prefix_end[q_in][:, :, None],
+                       q_idx[:, :, None], k_idx[:, None, :])
+    mask &= ((k_idx >= 0) & (k_idx < total_len))[:, None, :]
+    # rows past L (block padding) see themselves only: never empty, so never NaN
+    mask |= (q_idx >= total_len)[:, :, None] & (k_idx[:, None, :] == q_idx[:, :, None])
+    return k_in, mask
+
+
+def _banded_sdpa(q, k, v, layout: PackedLayout) -> torch.Tensor:
+    """[L, H, D] -> [L, H, D] through block-local sdpa over the band."""
+    total_len = q.shape[0]
+    n_blocks, block = layout.band_mask.shape[:2]
+    q_blocks = F.pad(q, (0, 0, 0, 0, 0, n_blocks * block - total_len)).view(n_blocks, block, *q.shape[1:])
+    k_win, v_win = k[layout.band_keys], v[layout.band_keys]  # [nb, B + 2W, H, D]
+    out = F.scaled_dot_product_attention(q_blocks.transpose(1, 2), k_win.transpose(1, 2), v_win.transpose(1, 2),
+                                         attn_mask=layout.band_mask[:, None])
+    return out.transpose(1, 2).reshape(n_blocks * block, *q.shape[1:])[:total_len]
 
 
 def _cumulative(lengths: torch.Tensor) -> torch.Tensor:
@@ -184,7 +216,9 @@ def build_layout(
     token_valid = tokens < cu[-1]
     layout = PackedLayout(backend, attn_type, max_seqlen, token_valid)
 
-    if backend == "sdpa":
+    if backend == "sdpa" and 2 * max_seqlen <= total_len:
+        layout.band_keys, layout.band_mask = _band(seg, prefix_end, total_len, max_seqlen)
+    elif backend == "sdpa":
         layout.dense_mask = _may_attend(seg[:, None], seg[None, :], prefix_end[:, None], tokens[:, None], tokens[None, :])
     elif backend == "flex":
 
@@ -264,6 +298,8 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
     """q, k, v [L, H, D] (RoPE applied) -> [L, H, D]; softmax scale 1/sqrt(D)."""
     if layout.backend in _VARLEN_KERNELS:
         return _two_pass(q, k, v, layout)
+    if layout.band_mask is not None:
+        return _only_rows(layout.token_valid, _banded_sdpa(q, k, v, layout))
     q4, k4, v4 = (x.transpose(0, 1)[None] for x in (q, k, v))  # [1, H, L, D]
     if layout.backend == "sdpa":
         out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=layout.dense_mask)

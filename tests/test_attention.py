@@ -61,13 +61,30 @@ def run(backend, q, k, v, cu, prefix, max_seqlen, attn_type, grad_out=None):
     return out, grads
 
 
+@pytest.mark.parametrize("max_seqlen", [8, 20], ids=["banded", "dense"])
 @pytest.mark.parametrize("attn_type", A.ATTN_TYPES)
-def test_sdpa_matches_explicit_loop(attn_type):
+def test_sdpa_matches_explicit_loop(attn_type, max_seqlen):
     samples = [(3, 2), (1, 1), (2, 4), (0, 2)]
     cu, prefix, _ = make_batch(samples, total_len=20, slots=6)
     q, k, v = random_qkv(20, heads=2, dim=4)
-    out, _ = run("sdpa", q, k, v, cu, prefix, 8, attn_type)
+    layout = A.build_layout(cu, prefix, 20, max_seqlen, "sdpa", attn_type)
+    assert (layout.band_mask is not None) == (max_seqlen == 8)
+    out, _ = run("sdpa", q, k, v, cu, prefix, max_seqlen, attn_type)
     torch.testing.assert_close(out.double(), loop_reference(q, k, v, samples, attn_type), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("attn_type", A.ATTN_TYPES)
+def test_banded_sdpa_matches_dense(attn_type):
+    """The band (samples far shorter than the batch) is only a cheaper way to the same result."""
+    samples = MIXED + DEGENERATE
+    total_len = sum(p + c for p, c in samples) + 9
+    cu, prefix, _ = make_batch(samples, total_len, slots=len(samples) + 2)
+    q, k, v = random_qkv(total_len, seed=4)
+    grad_out = torch.randn(total_len, 3, 8)
+    dense = run("sdpa", q, k, v, cu, prefix, total_len, attn_type, grad_out)
+    banded = run("sdpa", q, k, v, cu, prefix, 21, attn_type, grad_out)
+    for got, want in zip((banded[0], *banded[1]), (dense[0], *dense[1])):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 def fake_varlen_kernel(q, k, v, cu_q, cu_k, max_len, causal):

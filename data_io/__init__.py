@@ -1,0 +1,13 @@
+"""Data pipeline: JSONL/Parquet rows -> tokenizer -> tokenized folders -> sampled dataset.
+
+Steps, each runnable as `python -m data_io.<name> --help`:
+  train_tokenizer   byte-level BPE with the special tokens (text_tokenizer.py)
+  tokenize          one folder of token/span arrays per source file
+  sample_tokenized  the sampled dataset of DESIGN.md §2 (metadata.json, tokens.npy, epoch_{e}/)
+  demo              the embedded synthetic corpus, run through the three steps above
+The packing of a sampled dataset into training batches lives in dataset_new.py.
+"""
+
+
+class DataError(ValueError):
+    """Bad input data or arguments; the message names the file, the problem and the fix."""

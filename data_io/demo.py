@@ -1,0 +1,87 @@
+"""Build the embedded demo corpus and run it through train_tokenizer -> tokenize -> sample_tokenized.
+
+    python -m data_io.demo --out demo_data
+
+Synthetic tasks a ~1-3M-parameter model learns within minutes on a CPU (condition `direct`):
+  add      "add 345 78"      -> "423"     (operands 0..999)
+  reverse  "reverse 93021"   -> "12039"   (2..6 digits)
+  sort     "sort 5129"       -> "1259"    (2..6 digits)
+The tokenizer splits digits one per token, so every sample stays under 20 tokens (context 64).
+Writes DIR/corpus/train.jsonl, DIR/heldout.jsonl (problems absent from training; rows with
+instruction, response, condition), DIR/tokenizer/, DIR/tokenized/ and the sampled dataset DIR/sampled.
+"""
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+from data_io import DataError
+from data_io.sample_tokenized import SampleConfig, sample
+from data_io.tokenize import tokenize
+from data_io.train_tokenizer import train_tokenizer
+
+
+def make_problem(rng: random.Random) -> tuple[str, str]:
+    task = rng.choices(("add", "reverse", "sort"), weights=(2, 1, 1))[0]
+    if task == "add":
+        a, b = rng.randrange(1000), rng.randrange(1000)
+        return f"add {a} {b}", str(a + b)
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(2, 6)))
+    if task == "reverse":
+        return f"reverse {digits}", digits[::-1]
+    return f"sort {digits}", "".join(sorted(digits))
+
+
+def make_corpus(train_size: int, heldout_size: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Distinct training problems, and held-out problems none of which occurs in training."""
+    rng = random.Random(seed)
+    train: dict[str, str] = {}
+    while len(train) < train_size:
+        instruction, response = make_problem(rng)
+        train[instruction] = response
+    heldout: dict[str, str] = {}
+    while len(heldout) < heldout_size:
+        instruction, response = make_problem(rng)
+        if instruction not in train:
+            heldout[instruction] = response
+    rows = lambda d: [{"instruction": i, "response": r, "condition": "direct"} for i, r in d.items()]
+    return rows(train), rows(heldout)
+
+
+def build_demo(out_dir: str, train_size: int = 150_000, heldout_size: int = 1000, seed: int = 0,
+               epochs: int = 4, context_size: int = 64, vocab_size: int = 384) -> Path:
+    out = Path(out_dir)
+    (out / "corpus").mkdir(parents=True, exist_ok=True)
+    train, heldout = make_corpus(train_size, heldout_size, seed)
+    for file, rows in ((out / "corpus" / "train.jsonl", train), (out / "heldout.jsonl", heldout)):
+        file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tokenizer = train_tokenizer([str(out / "corpus")], str(out / "tokenizer"), vocab_size, ["direct"])
+    tokenize([str(out / "corpus")], str(tokenizer), str(out / "tokenized"))
+    sample(SampleConfig(tokenized_path=str(out / "tokenized"), output_path=str(out / "sampled"),
+                        epochs=epochs, seed=seed, context_size=context_size))
+    print(f"demo corpus ready: {len(train)} training and {len(heldout)} held-out problems; "
+          f"dataset {out / 'sampled'}, held-out rows {out / 'heldout.jsonl'}")
+    return out / "sampled"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m data_io.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--train-size", type=int, default=150_000, help="distinct training problems (default %(default)s)")
+    parser.add_argument("--heldout-size", type=int, default=1000, help="held-out problems (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="corpus and sampling seed (default %(default)s)")
+    parser.add_argument("--epochs", type=int, default=4, help="sampled epochs (default %(default)s)")
+    parser.add_argument("--context-size", type=int, default=64, help="sampled context_size (default %(default)s)")
+    parser.add_argument("--vocab-size", type=int, default=384, help="BPE vocabulary (default %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        build_demo(args.out, args.train_size, args.heldout_size, args.seed, args.epochs,
+                   args.context_size, args.vocab_size)
+    except DataError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

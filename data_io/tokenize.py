@@ -1,0 +1,142 @@
+"""Tokenize JSONL/Parquet instruction/response rows into one folder of arrays per source file.
+
+    python -m data_io.tokenize --inputs corpus/ --tokenizer tok/tokenizer.json --out tokenized/
+    python -m data_io.tokenize --inputs corpus/ --tokenizer tiktoken:cl100k_base --out tokenized/
+
+Output: OUT/tokenizer_info.json (see data_io/text_tokenizer.py; HF tokenizers are copied to
+OUT/tokenizer.json) and, per source file NAME (its path below the given folder), OUT/NAME/ holding
+tokens.npy and inst_start/inst_len/resp_start/resp_len.npy (a row's instruction
+`boq + condition tokens + text + eoq` is followed by its response `text + eoa` in tokens.npy), plus
+source.json. Incremental: a source whose size, mtime and tokenizer are unchanged is skipped; output
+folders of sources no longer given are removed. Encoding runs on all cores.
+"""
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data_io import DataError
+from data_io.rows import count_lines, find_sources, read_rows
+from data_io.spans import save_spans, token_dtype
+from data_io.text_tokenizer import BOQ, EOA, EOQ, TextTokenizer, condition_token, load_tokenizer
+
+ENCODE_BATCH_ROWS = 4096
+
+
+def tokenize(inputs: list[str], tokenizer, out_dir: str, conditions: list[str] | None = None) -> dict:
+    """`tokenizer`: see load_tokenizer (path, "tiktoken:NAME" or a tiktoken.Encoding).
+    Returns counts {"tokenized": n, "skipped": n, "pruned": n}."""
+    tok = load_tokenizer(tokenizer, conditions)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = tok.info()
+    if tok.kind == "hf":  # keep the tokenizer with the data it produced
+        if Path(tok.path) != (out / "tokenizer.json").resolve():
+            shutil.copyfile(tok.path, out / "tokenizer.json")
+        info["tokenizer_path"] = str((out / "tokenizer.json").resolve())
+    (out / "tokenizer_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+    sources = find_sources(inputs)
+    counts = {"tokenized": 0, "skipped": 0, "pruned": 0}
+    for file, name in sources:
+        stat = file.stat()
+        record = {"source": str(file.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                  "tokenizer": tok.fingerprint}
+        target = out / name
+        if _read_record(target) == record:
+            counts["skipped"] += 1
+            continue
+        _tokenize_file(file, name, tok, target, record)
+        counts["tokenized"] += 1
+
+    wanted = {name for _, name in sources}
+    for record_file in sorted(out.rglob("source.json")):
+        folder = record_file.parent
+        if folder.relative_to(out).as_posix() not in wanted:
+            shutil.rmtree(folder)
+            counts["pruned"] += 1
+    print(f"tokenize: {counts['tokenized']} tokenized, {counts['skipped']} unchanged, "
+          f"{counts['pruned']} removed -> {out}")
+    return counts
+
+
+def _read_record(folder: Path) -> dict | None:
+    try:
+        record = json.loads((folder / "source.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return {k: record.get(k) for k in ("source", "size", "mtime_ns", "tokenizer")}
+
+
+def _tokenize_file(file: Path, name: str, tok: TextTokenizer, target: Path, record: dict) -> None:
+    ids = tok.special_ids
+    boq, eoq, eoa = ids[BOQ], ids[EOQ], ids[EOA]
+    pieces: list[np.ndarray] = []
+    inst_len: list[int] = []
+    resp_len: list[int] = []
+    batch: list[tuple[str, str, str, list[str]]] = []
+
+    def flush():
+        inst_ids = tok.encode_batch([b[1] for b in batch])
+        resp_ids = tok.encode_batch([b[2] for b in batch])
+        for (where, _, _, conds), i_ids, r_ids in zip(batch, inst_ids, resp_ids):
+            unknown = [c for c in conds if condition_token(c) not in ids]
+            if unknown:
+                raise DataError(f"{where}: condition {unknown} has no token in this tokenizer (it knows "
+                                f"{tok.conditions}); fix the row, or retrain the tokenizer with the "
+                                "condition (tiktoken: pass --conditions)")
+            inst = [boq] + [ids[condition_token(c)] for c in conds] + i_ids + [eoq]
+            resp = r_ids + [eoa]
+            pieces.append(np.asarray(inst + resp, dtype=np.int64))
+            inst_len.append(len(inst))
+            resp_len.append(len(resp))
+        batch.clear()
+
+    for row in tqdm(read_rows(file), total=count_lines(file), desc=f"tokenizing {name}", unit="row"):
+        batch.append(row)
+        if len(batch) == ENCODE_BATCH_ROWS:
+            flush()
+    flush()
+
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+    inst_len_a = np.asarray(inst_len, np.int64)
+    resp_len_a = np.asarray(resp_len, np.int64)
+    sample_start = np.concatenate([[0], np.cumsum(inst_len_a + resp_len_a)[:-1]]) if pieces else inst_len_a
+    # Written next to the target and renamed, so an interrupted run never leaves a half folder.
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    np.save(partial / "tokens.npy", tokens.astype(token_dtype(tok.vocab_size)))
+    save_spans(partial, {"inst_start": sample_start, "inst_len": inst_len_a,
+                         "resp_start": sample_start + inst_len_a, "resp_len": resp_len_a})
+    (partial / "source.json").write_text(json.dumps({**record, "rows": len(inst_len)}, indent=2) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m data_io.tokenize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--inputs", nargs="+", required=True, help="JSONL/Parquet files or folders (searched recursively)")
+    parser.add_argument("--tokenizer", required=True,
+                        help="tokenizer.json (or its folder) from data_io.train_tokenizer, or tiktoken:NAME "
+                             "(offline: loaded from TIKTOKEN_CACHE_DIR)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--conditions", default=None,
+                        help="tiktoken only: comma list of condition names that get a token, appended "
+                             "after boq/eoq/eoa/pad (default direct,cot,synth)")
+    args = parser.parse_args(argv)
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()] if args.conditions else None
+    try:
+        tokenize(args.inputs, args.tokenizer, args.out, conditions)
+    except DataError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

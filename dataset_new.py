@@ -1,0 +1,261 @@
+"""PrefixLM packed batches over a sampled dataset (DESIGN.md §2): the one home of the packing format.
+
+Packing a sample with instruction `i` and response `o` (PrefixLM, task completion):
+  inputs        i ++ o[:-1]                              (len(i) + len(o) - 1 tokens)
+  labels        [IGNORE_LABEL] * (len(i) - 1) ++ o       (target_only, the default)
+                i[1:] ++ o                               (target_only=False)
+  position_ids  0 .. len(i) + len(o) - 2
+  prefix length len(i) (bidirectional), causal length len(o) - 1; the last instruction token
+  predicts o[0].
+
+A rank's batch (`pack`, and what PackedDataset yields) is a pair (batch, stats):
+  batch: dict of CPU tensors with fixed shapes, L = batch_max_length, M = max_samples_per_batch
+    inputs        int32 [L]    samples back to back, then 0 (padding tail)
+    labels        int64 [L]    as above, IGNORE_LABEL on the padding tail
+    position_ids  int32 [L]    restart at 0 per sample, 0 on the padding tail
+    cu_seqlens    int32 [M+1]  sample boundaries; after the last real sample the entries repeat
+                               the real token total (zero-length padding samples)
+    prefix_lens   int32 [M]    len(i) per sample, 0 for padding slots
+    causal_lens   int32 [M]    len(o) - 1 per sample, 0 for padding slots
+  stats: dict of host-side Python ints
+    num_tokens (real tokens, = cu_seqlens[num_samples]), num_samples, num_label_tokens (labels
+    != IGNORE_LABEL), max_seqlen, max_prefix_len, max_causal_len (0 for an empty batch); from
+    PackedDataset also epoch and step (the global step this batch belongs to).
+"""
+
+import json
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_io import DataError
+from data_io.spans import load_spans, load_tokens
+from multipack_sampler import MultipackDistributedBatchSampler
+
+IGNORE_LABEL = -100
+FIX = "rebuild the dataset with `python -m data_io.sample_tokenized` (or `python -m data_io.demo`)"
+log = logging.getLogger(__name__)
+
+
+def pack(samples: list[tuple[np.ndarray, np.ndarray]], batch_max_length: int, max_samples: int,
+         target_only: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Pack (instruction, response) token arrays into one fixed-shape batch; see the module docstring."""
+    L, M = batch_max_length, max_samples
+    inputs = np.zeros(L, np.int32)
+    labels = np.full(L, IGNORE_LABEL, np.int64)
+    position_ids = np.zeros(L, np.int32)
+    cu_seqlens = np.zeros(M + 1, np.int32)
+    prefix_lens = np.zeros(M, np.int32)
+    causal_lens = np.zeros(M, np.int32)
+    if len(samples) > M:
+        raise ValueError(f"{len(samples)} samples exceed max_samples_per_batch={M}")
+    pos = 0
+    for k, (inst, resp) in enumerate(samples):
+        n_i, n_o = len(inst), len(resp)
+        if n_i < 1 or n_o < 2:
+            raise ValueError(f"sample {k}: need len(i) >= 1 and len(o) >= 2, got {n_i}, {n_o}")
+        end = pos + n_i + n_o - 1
+        if end > L:
+            raise ValueError(f"samples need {end}+ tokens, over batch_max_length={L}")
+        inputs[pos:pos + n_i] = inst
+        inputs[pos + n_i:end] = resp[:-1]
+        labels[pos + n_i - 1:end] = resp
+        if not target_only:
+            labels[pos:pos + n_i - 1] = inst[1:]
+        position_ids[pos:end] = np.arange(end - pos)
+        prefix_lens[k], causal_lens[k] = n_i, n_o - 1
+        cu_seqlens[k + 1] = end
+        pos = end
+    cu_seqlens[len(samples) + 1:] = pos
+    batch = {"inputs": inputs, "labels": labels, "position_ids": position_ids, "cu_seqlens": cu_seqlens,
+             "prefix_lens": prefix_lens, "causal_lens": causal_lens}
+    n = len(samples)
+    stats = {"num_tokens": pos, "num_samples": n, "num_label_tokens": int((labels != IGNORE_LABEL).sum()),
+             "max_seqlen": int((prefix_lens + causal_lens).max()) if n else 0,
+             "max_prefix_len": int(prefix_lens.max()) if n else 0,
+             "max_causal_len": int(causal_lens.max()) if n else 0}
+    return {k: torch.from_numpy(v) for k, v in batch.items()}, stats
+
+
+@dataclass
+class _EpochPlan:
+    inst_start: np.ndarray
+    inst_len: np.ndarray
+    resp_start: np.ndarray
+    resp_len: np.ndarray
+    sampler: MultipackDistributedBatchSampler
+    counts: dict[str, int]
+
+
+class PackedDataset:
+    """This rank's packed batches, one per global step, over `epochs` epochs of a sampled dataset.
+
+    path                   sampled dataset folder (metadata.json, tokens.npy, epoch_{e}/)
+    global_batch_size      tokens per global step over all ranks; batch_max_length L is
+                           global_batch_size // num_replicas
+    num_replicas, rank     data-parallel world size and this process's rank
+    epochs                 epoch e reads epoch_{e}/; with fewer folders it cycles (logged once)
+    target_only            labels on the response only (default) or on everything after i[0]
+    max_seq_len            the most tokens len(i) + len(o) a sample may have (the sampled
+                           max_seq_len by default; never more than L + 1). Longer samples get their
+                           response cut to fit, or are dropped when under 2 response tokens would
+                           remain; samples with a response under 2 tokens (causal length 0) are
+                           dropped. Counted per epoch: `drop_counts(epoch)`.
+    max_samples_per_batch  M, the fixed number of sample slots per batch (default L // 4); the
+                           sampler never puts more samples on a rank
+    pin_memory             pin batches for fast host-to-device copies (default: CUDA available)
+    prefetch               batches prepared ahead by the background loader thread
+
+    Iterating yields (batch, stats) (see the module docstring) from the current position to the end
+    of the last epoch; batches are packed in a background thread. `state_dict()` after receiving a
+    batch is the position of the next one; a new instance given it by `load_state_dict` yields
+    exactly the remaining batches. `steps_per_epoch(e)` and `len()` (all epochs) give schedule lengths.
+    """
+
+    def __init__(self, path: str, global_batch_size: int, num_replicas: int = 1, rank: int = 0, epochs: int = 1,
+                 target_only: bool = True, max_seq_len: int | None = None, max_samples_per_batch: int | None = None,
+                 pin_memory: bool | None = None, prefetch: int = 4):
+        self.path = Path(path)
+        if global_batch_size % num_replicas:
+            raise ValueError(f"global_batch_size {global_batch_size} is not divisible by num_replicas "
+                             f"{num_replicas}; pick a multiple so every rank gets the same token budget")
+        self.batch_max_length = global_batch_size // num_replicas
+        self.max_samples_per_batch = max_samples_per_batch or max(1, self.batch_max_length // 4)
+        self.num_replicas, self.rank, self.epochs = num_replicas, rank, epochs
+        self.target_only = target_only
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.prefetch = prefetch
+
+        meta_file = self.path / "metadata.json"
+        if not meta_file.is_file():
+            raise DataError(f"{meta_file} is missing: {self.path} is not a sampled dataset; {FIX}")
+        try:
+            self.metadata = json.loads(meta_file.read_text())
+            self.tokenizer_info = self.metadata["tokenizer_info"]
+            self.vocab_size = int(self.tokenizer_info["vocab_size"])
+            sampled_max = int(self.metadata["max_seq_len"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise DataError(f"{meta_file}: unreadable or missing field ({err!r}); it needs tokenizer_info."
+                            f"vocab_size and max_seq_len; {FIX}") from None
+        self.max_seq_len = min(max_seq_len or sampled_max, self.batch_max_length + 1)
+        self.tokens = load_tokens(self.path / "tokens.npy", FIX)
+        self.num_epoch_dirs = 0
+        while (self.path / f"epoch_{self.num_epoch_dirs}").is_dir():
+            self.num_epoch_dirs += 1
+        if self.num_epoch_dirs == 0:
+            raise DataError(f"{self.path / 'epoch_0'} is missing: no epoch folders in {self.path}; {FIX}")
+        if epochs > self.num_epoch_dirs:
+            log.warning("%s has %d epoch folders for %d epochs: epoch e reuses epoch_{e %% %d} (its order repeats)",
+                        self.path, self.num_epoch_dirs, epochs, self.num_epoch_dirs)
+        self._plans: dict[int, _EpochPlan] = {}
+        self._epoch, self._step = 0, 0
+
+    def _plan(self, epoch: int) -> _EpochPlan:
+        """Spans kept after the length policy, and the multipack plan, for an epoch (cached)."""
+        folder = epoch % self.num_epoch_dirs
+        if folder not in self._plans:
+            spans = load_spans(self.path / f"epoch_{folder}", len(self.tokens), FIX)
+            inst_len, resp_len = spans["inst_len"], spans["resp_len"].copy()
+            empty = (resp_len < 2) | (inst_len < 1)
+            long = ~empty & (inst_len + resp_len > self.max_seq_len)
+            resp_len[long] = self.max_seq_len - inst_len[long]  # cut the response's tail
+            too_long = long & (resp_len < 2)
+            keep = np.flatnonzero(~empty & ~too_long)
+            counts = {"samples": len(inst_len), "kept": len(keep), "empty_response_dropped": int(empty.sum()),
+                      "too_long_dropped": int(too_long.sum()), "truncated": int((long & ~too_long).sum())}
+            if counts["kept"] < counts["samples"]:
+                log.warning("%s epoch_%d: %s", self.path, folder, counts)
+            sampler = MultipackDistributedBatchSampler(
+                self.batch_max_length, inst_len[keep] + resp_len[keep] - 1, self.num_replicas, self.rank,
+                max_samples_per_rank=self.max_samples_per_batch)
+            self._plans[folder] = _EpochPlan(spans["inst_start"][keep], inst_len[keep], spans["resp_start"][keep],
+                                             resp_len[keep], sampler, counts)
+        return self._plans[folder]
+
+    def steps_per_epoch(self, epoch: int) -> int:
+        return len(self._plan(epoch).sampler)
+
+    def __len__(self) -> int:
+        return sum(self.steps_per_epoch(e) for e in range(self.epochs))
+
+    def drop_counts(self, epoch: int) -> dict[str, int]:
+        return dict(self._plan(epoch).counts)
+
+    def efficiency(self, epoch: int) -> float:
+        return self._plan(epoch).sampler.efficiency()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "step": self._step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, step = int(state["epoch"]), int(state["step"])
+        if not (0 <= epoch <= self.epochs and 0 <= step <= (self.steps_per_epoch(epoch) if epoch < self.epochs else 0)):
+            raise ValueError(f"dataset position {state} is outside this dataset's {self.epochs} epochs")
+        self._epoch, self._step = epoch, step
+
+    def batch(self, epoch: int, step: int) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        """This rank's batch at (epoch, step), packed on the calling thread."""
+        plan = self._plan(epoch)
+        samples = []
+        for k in plan.sampler[step]:
+            inst = np.asarray(self.tokens[plan.inst_start[k]:plan.inst_start[k] + plan.inst_len[k]], np.int64)
+            resp = np.asarray(self.tokens[plan.resp_start[k]:plan.resp_start[k] + plan.resp_len[k]], np.int64)
+            if inst.max() >= self.vocab_size or resp.max() >= self.vocab_size or min(inst.min(), resp.min()) < 0:
+                raise DataError(f"{self.path / 'tokens.npy'}: a sample of epoch {epoch} (spans at "
+                                f"{plan.inst_start[k]}, {plan.resp_start[k]}) holds token ids outside "
+                                f"[0, vocab_size={self.vocab_size}) of metadata.json; {FIX}")
+            samples.append((inst, resp))
+        batch, stats = pack(samples, self.batch_max_length, self.max_samples_per_batch, self.target_only)
+        if self.pin_memory:
+            batch = {k: v.pin_memory() for k, v in batch.items()}
+        return batch, {**stats, "epoch": epoch, "step": step}
+
+    def _positions(self, epoch: int, step: int):
+        while epoch < self.epochs:
+            for s in range(step, self.steps_per_epoch(epoch)):
+                yield epoch, s
+            epoch, step = epoch + 1, 0
+
+    def __iter__(self):
+        for e in range(self._epoch, self.epochs):  # plan on this thread: errors surface here
+            self._plan(e)
+        items: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        done = object()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    items.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        def produce():
+            try:
+                for epoch, step in self._positions(self._epoch, self._step):
+                    if not put((epoch, step, *self.batch(epoch, step))):
+                        return
+                put(done)
+            except BaseException as err:  # handed to the consumer, raised there
+                put(err)
+
+        loader = threading.Thread(target=produce, name="PackedDataset-loader", daemon=True)
+        loader.start()
+        try:
+            while (item := items.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                epoch, step, batch, stats = item
+                last = step + 1 == self.steps_per_epoch(epoch)
+                self._epoch, self._step = (epoch + 1, 0) if last else (epoch, step + 1)
+                yield batch, stats
+        finally:
+            stop.set()
+            loader.join()

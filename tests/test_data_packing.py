@@ -1,0 +1,150 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data_io import DataError
+from dataset_new import IGNORE_LABEL, PackedDataset, pack
+
+X = IGNORE_LABEL
+# Three samples (instruction, response): A = ([5,6,7], [8,9]), B = ([10,11], [12,13,14]), C = ([15], [16,17]).
+SAMPLES = [([5, 6, 7], [8, 9]), ([10, 11], [12, 13, 14]), ([15], [16, 17])]
+# Packed by hand into L = 16 tokens and M = 5 slots.
+EXPECTED = {
+    "inputs": [5, 6, 7, 8, 10, 11, 12, 13, 15, 16, 0, 0, 0, 0, 0, 0],
+    "position_ids": [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 0, 0, 0, 0, 0, 0],
+    "cu_seqlens": [0, 4, 8, 10, 10, 10],
+    "prefix_lens": [3, 2, 1, 0, 0],
+    "causal_lens": [1, 2, 1, 0, 0],
+}
+LABELS_TARGET_ONLY = [X, X, 8, 9, X, 12, 13, 14, 16, 17, X, X, X, X, X, X]
+LABELS_ALL = [6, 7, 8, 9, 11, 12, 13, 14, 16, 17, X, X, X, X, X, X]
+DTYPES = {"inputs": torch.int32, "labels": torch.int64, "position_ids": torch.int32,
+          "cu_seqlens": torch.int32, "prefix_lens": torch.int32, "causal_lens": torch.int32}
+
+
+def check_batch(batch, labels):
+    assert set(batch) == set(DTYPES)
+    for key, dtype in DTYPES.items():
+        assert batch[key].dtype == dtype, key
+    for key, expected in {**EXPECTED, "labels": labels}.items():
+        assert batch[key].tolist() == expected, key
+
+
+@pytest.mark.parametrize("target_only,labels,label_tokens", [(True, LABELS_TARGET_ONLY, 7), (False, LABELS_ALL, 10)])
+def test_pack_by_hand(target_only, labels, label_tokens):
+    batch, stats = pack([(np.array(i), np.array(o)) for i, o in SAMPLES], 16, 5, target_only)
+    check_batch(batch, labels)
+    assert stats == {"num_tokens": 10, "num_samples": 3, "num_label_tokens": label_tokens, "max_seqlen": 4,
+                     "max_prefix_len": 3, "max_causal_len": 2}
+
+
+def write_sampled(root, samples, vocab_size=32, max_seq_len=64, epochs=1, start_dtype=np.int64, len_dtype=np.int32):
+    """A sampled dataset in the companion layout, written by hand (samples back to back, same order each epoch)."""
+    root.mkdir(parents=True, exist_ok=True)
+    tokens, spans, pos = [], {k: [] for k in ("inst_start", "inst_len", "resp_start", "resp_len")}, 0
+    for inst, resp in samples:
+        spans["inst_start"].append(pos)
+        spans["inst_len"].append(len(inst))
+        spans["resp_start"].append(pos + len(inst))
+        spans["resp_len"].append(len(resp))
+        tokens += list(inst) + list(resp)
+        pos += len(inst) + len(resp)
+    np.save(root / "tokens.npy", np.array(tokens, np.uint16))
+    for e in range(epochs):
+        (root / f"epoch_{e}").mkdir()
+        for k, v in spans.items():
+            np.save(root / f"epoch_{e}" / f"{k}.npy", np.array(v, start_dtype if k.endswith("start") else len_dtype))
+    info = {"vocab_size": vocab_size, "tokenizer_path": "tokenizer.json", "boq": "<|boq|>", "eoq": "<|eoq|>",
+            "eoa": "<|eoa|>", "condition_mapping": {"direct": "<|direct|>"}}
+    (root / "metadata.json").write_text(json.dumps({"tokenizer_info": info, "max_seq_len": max_seq_len,
+                                                    "total_length": len(tokens)}))
+    return root
+
+
+@pytest.mark.parametrize("start_dtype,len_dtype", [(np.int64, np.int32), (np.int32, np.int32), (np.uint64, np.int64)])
+def test_companion_layout_loads(tmp_path, start_dtype, len_dtype):
+    root = write_sampled(tmp_path / "d", SAMPLES, start_dtype=start_dtype, len_dtype=len_dtype)
+    ds = PackedDataset(str(root), global_batch_size=16, max_samples_per_batch=5)
+    batches = list(ds)
+    assert len(batches) == len(ds) == 1
+    batch, stats = batches[0]
+    check_batch(batch, LABELS_TARGET_ONLY)
+    assert stats["epoch"] == 0 and stats["step"] == 0 and stats["num_samples"] == 3
+
+
+def random_samples(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(0, 32, rng.integers(1, 9)), rng.integers(0, 32, rng.integers(2, 12))) for _ in range(n)]
+
+
+def as_lists(batches):
+    return [({k: v.tolist() for k, v in b.items()}, s) for b, s in batches]
+
+
+def test_resume_reproduces_remaining_batches(tmp_path):
+    root = write_sampled(tmp_path / "d", random_samples(300), epochs=2)
+    make = lambda: PackedDataset(str(root), global_batch_size=128, num_replicas=2, rank=1, epochs=3)
+    full = as_lists(make())
+    steps = make().steps_per_epoch(0)
+    assert len(full) == len(make()) == sum(make().steps_per_epoch(e) for e in range(3))
+    for k in (3, steps - 1, steps + 2):  # inside an epoch, at its end, in the next one
+        first = make()
+        iterator = iter(first)
+        head = [next(iterator) for _ in range(k)]
+        state = first.state_dict()
+        iterator.close()
+        resumed = make()
+        resumed.load_state_dict(state)
+        assert as_lists(head) + as_lists(resumed) == full
+    # Epoch 2 cycles back to epoch_0: same batches as epoch 0.
+    assert [b for b, s in full if s["epoch"] == 2] == [b for b, s in full if s["epoch"] == 0]
+
+
+def test_every_sample_once_per_epoch_over_ranks(tmp_path):
+    samples = random_samples(200, seed=3)
+    root = write_sampled(tmp_path / "d", samples)
+    seen = []
+    for rank in range(4):
+        for batch, stats in PackedDataset(str(root), global_batch_size=256, num_replicas=4, rank=rank):
+            cu, prefix = batch["cu_seqlens"].tolist(), batch["prefix_lens"].tolist()
+            for k in range(stats["num_samples"]):
+                seen.append(batch["inputs"][cu[k]:cu[k] + prefix[k]].tolist())
+    assert sorted(seen) == sorted(i.tolist() for i, _ in samples)
+
+
+def test_length_policy_counted(tmp_path):
+    # resp of eoa alone -> dropped; 4 + 10 tokens over max_seq_len 8 -> response cut to 4; 7 + 3 -> dropped.
+    samples = [([1, 2], [3, 4]), ([5], [6]), ([1, 2, 3, 4], list(range(10, 20))), ([1] * 7, [2, 3, 4])]
+    root = write_sampled(tmp_path / "d", samples)
+    ds = PackedDataset(str(root), global_batch_size=32, max_seq_len=8, max_samples_per_batch=4)
+    assert ds.drop_counts(0) == {"samples": 4, "kept": 2, "empty_response_dropped": 1, "too_long_dropped": 1,
+                                 "truncated": 1}
+    (batch, stats), = list(ds)
+    assert batch["inputs"][:10].tolist() == [1, 2, 3, 1, 2, 3, 4, 10, 11, 12]
+    assert batch["labels"][:10].tolist() == [X, 3, 4, X, X, X, 10, 11, 12, 13]
+
+
+def test_errors_name_file_and_fix(tmp_path):
+    with pytest.raises(DataError, match="metadata.json is missing.*sample_tokenized"):
+        PackedDataset(str(tmp_path), global_batch_size=16)
+    root = write_sampled(tmp_path / "a", SAMPLES)
+    (root / "epoch_0" / "resp_len.npy").unlink()
+    with pytest.raises(DataError, match="resp_len.npy is missing"):
+        len(PackedDataset(str(root), global_batch_size=16))
+    np.save(root / "epoch_0" / "resp_len.npy", np.array([2, 3], np.int32))
+    with pytest.raises(DataError, match="unequal lengths"):
+        len(PackedDataset(str(root), global_batch_size=16))
+    np.save(root / "epoch_0" / "resp_len.npy", np.array([2, 3, 50], np.int32))
+    with pytest.raises(DataError, match="sample 2 has resp span .* outside tokens.npy"):
+        len(PackedDataset(str(root), global_batch_size=16))
+    root = write_sampled(tmp_path / "b", SAMPLES, vocab_size=16)
+    with pytest.raises(DataError, match="tokens.npy.*vocab_size=16"):
+        list(PackedDataset(str(root), global_batch_size=16))
+    import shutil
+    shutil.rmtree(root / "epoch_0")
+    with pytest.raises(DataError, match="epoch_0 is missing"):
+        PackedDataset(str(root), global_batch_size=16)
+    with pytest.raises(ValueError, match="not divisible"):
+        PackedDataset(str(tmp_path / "a"), global_batch_size=15, num_replicas=2)
