@@ -28,6 +28,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from data_io import DataError
 from dataset_new import PackedDataset
 from models import attention as attn_lib
 from models.flops import executed_flops_per_token
@@ -178,7 +179,10 @@ def run(cfg: TrainConfig, d: Dist) -> None:
     meta = dataset.metadata
     vocab_size = model_vocab_size(meta["tokenizer_info"]["vocab_size"])
     context_len = dataset.max_seq_len - 1
-    total_steps = max(1, math.ceil(cfg.epochs * meta["total_length"] / cfg.global_batch_size))
+    # DESIGN.md §5 estimates the schedule length as epochs * total_length / global_batch_size; the
+    # packing plan knows it exactly (samples are len(i) + len(o) - 1 tokens, slots not all filled),
+    # so the cosine ends where the data does.
+    total_steps = len(dataset)
     last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
 
     backend = attn_lib.resolve_backend(cfg.arch.attn_backend, d.device)
@@ -306,6 +310,8 @@ def main(hydra_cfg: DictConfig) -> None:
     d = init_distributed()
     try:
         run(cfg, d)
+    except DataError as err:
+        fail(str(err))
     finally:
         dist.destroy_process_group()
 

@@ -4,7 +4,7 @@
         [--ckpt_use_ema true|false] [--tokenizer_path PATH]
 
 Writes config.json (model_type hrm_text), model.safetensors, the tokenizer (bos = boq,
-eos = eoa, pad = pad) and hrm_text_prompt.json (the special tokens and condition tokens that
+eos = eoa, pad = pad) and hrm_text_conditions.json (the special tokens and condition tokens that
 build a prompt). Loads with `AutoModelForCausalLM.from_pretrained(OUT)`, no remote code; pass
 `token_type_ids` = 1 on the prompt for its bidirectional attention.
 
@@ -106,7 +106,7 @@ def export_tokenizer(tokenizer, out_dir: Path) -> None:
     prompt = {"boq": "<|boq|>", "eoq": "<|eoq|>", "eoa": "<|eoa|>", "pad": "<|pad|>",
               "condition_mapping": {c: f"<|{c}|>" for c in tokenizer.conditions},
               "special_token_ids": tokenizer.special_ids}
-    (out_dir / "hrm_text_prompt.json").write_text(json.dumps(prompt, indent=1))
+    (out_dir / "hrm_text_conditions.json").write_text(json.dumps(prompt, indent=1))
 
 
 def convert(ckpt_path, out_dir, ckpt_epoch=None, use_ema=True, tokenizer_path=None) -> Path:

@@ -1,0 +1,195 @@
+"""pretrain.py end to end on CPU: distributed equivalence (torchrun + gloo + FSDP2 against one
+process), exact resume after SIGKILL, SFT from EMA weights, W&B without credentials, and clear
+errors for bad configurations. Datasets are written by hand in the DESIGN.md §2 format."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training import checkpoint as ckpt
+
+ROOT = Path(__file__).resolve().parent.parent
+VOCAB = 64
+TINY = ["arch/size@arch=tiny", "arch.hidden_size=64", "arch.num_heads=2", "compute_dtype=float32",
+        "compile=false", "wandb_mode=disabled", "log_interval=1", "lr_warmup_steps=2", "lr=3e-3"]
+
+
+def write_sampled(path: Path, lengths: list[tuple[int, int]], epochs: int = 2, seed: int = 0) -> Path:
+    """A sampled dataset: instruction = boq(1) + random tokens + eoq(2), response = tokens + eoa(3).
+    Epoch e visits the samples in a seeded permutation."""
+    rng = np.random.default_rng(seed)
+    tokens, spans = [], []
+    at = 0
+    for inst_len, resp_len in lengths:
+        inst = np.concatenate([[1], rng.integers(8, VOCAB, inst_len - 2), [2]])
+        resp = np.concatenate([rng.integers(8, VOCAB, resp_len - 1), [3]])
+        tokens += [inst, resp]
+        spans.append((at, inst_len, at + inst_len, resp_len))
+        at += inst_len + resp_len
+    path.mkdir(parents=True)
+    np.save(path / "tokens.npy", np.concatenate(tokens).astype(np.uint16))
+    spans = np.array(spans, dtype=np.int64)
+    for e in range(epochs):
+        order = rng.permutation(len(spans))
+        (path / f"epoch_{e}").mkdir()
+        for col, name in enumerate(("inst_start", "inst_len", "resp_start", "resp_len")):
+            np.save(path / f"epoch_{e}" / f"{name}.npy", spans[order, col])
+    info = {"vocab_size": VOCAB, "tokenizer_path": "none", "boq": "<|boq|>", "eoq": "<|eoq|>", "eoa": "<|eoa|>",
+            "condition_mapping": {"direct": "<|direct|>"}}
+    total = int(sum(i + r for i, r in lengths))
+    (path / "metadata.json").write_text(json.dumps({"tokenizer_info": info, "max_seq_len": 32, "total_length": total}))
+    return path
+
+
+def pretrain(args, nproc=1, env=None, check=True, **popen):
+    cmd = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0"]
+           if nproc > 1 else [sys.executable]) + [str(ROOT / "pretrain.py"), *TINY, *args]
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    if popen:
+        return subprocess.Popen(cmd, cwd=ROOT, env=full_env, **popen)
+    result = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"pretrain failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in rows}
+
+
+@pytest.fixture(scope="module")
+def equal_lengths(tmp_path_factory):
+    # 96 samples of 8 + 8 tokens (15 packed tokens each): a 240-token global batch holds 16
+    # of them, 8 per rank with two ranks, so each global step sees the same samples either way.
+    return write_sampled(tmp_path_factory.mktemp("data") / "equal", [(8, 8)] * 96)
+
+
+@pytest.fixture(scope="module")
+def mixed_lengths(tmp_path_factory):
+    rng = np.random.default_rng(1)
+    lengths = [(int(a), int(b)) for a, b in zip(rng.integers(3, 14, 400), rng.integers(2, 14, 400))]
+    return write_sampled(tmp_path_factory.mktemp("data") / "mixed", lengths)
+
+
+def test_two_ranks_match_one_process(equal_lengths, tmp_path):
+    common = [f"data.path={equal_lengths}", "global_batch_size=240", "max_steps=5", "checkpoint_every_steps=null"]
+    pretrain([*common, f"checkpoint_path={tmp_path / 'one'}"])
+    pretrain([*common, f"checkpoint_path={tmp_path / 'two'}"], nproc=2)
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [1, 2, 3, 4, 5]
+    for step in one:
+        assert abs(one[step] - two[step]) / abs(one[step]) < 1e-4, (step, one[step], two[step])
+    assert one[5] < one[1]  # it learns
+
+
+def wait_for(predicate, timeout=300):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise TimeoutError
+
+
+def test_resume_after_sigkill_is_exact(mixed_lengths, tmp_path):
+    common = [f"data.path={mixed_lengths}", "global_batch_size=256", "checkpoint_every_steps=3", "keep_last=2"]
+    pretrain([*common, f"checkpoint_path={tmp_path / 'full'}"])
+    full = losses(tmp_path / "full")
+    steps = sorted(full)
+    assert len(steps) >= 10  # two epochs, so the resume crosses an epoch boundary too
+
+    killed = tmp_path / "killed"
+    proc = pretrain([*common, f"checkpoint_path={killed}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: any(p.name == "step_3" for p in ckpt.complete_checkpoints(killed)))
+        proc.send_signal(signal.SIGSTOP)  # freeze at once, wherever it is (mid-step, mid-save)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    resumed_from = ckpt.complete_checkpoints(killed)[-1]
+    k = ckpt.read_trainer_state(resumed_from)["step"]
+    assert k < steps[-1]
+    pretrain([*common, f"resume_from={killed}"])
+    after = losses(killed)
+    assert sorted(after) == steps
+    for step in steps:
+        assert after[step] == full[step], (step, after[step], full[step])  # exact on CPU fp32
+    assert any(p.name == "epoch_1" for p in ckpt.complete_checkpoints(killed))
+
+
+def test_sft_starts_from_ema_weights(mixed_lengths, tmp_path):
+    base = tmp_path / "base"
+    pretrain([f"data.path={mixed_lengths}", "global_batch_size=256", "max_steps=4", "ema_rate=0.5",
+              f"checkpoint_path={base}"])
+    sft = tmp_path / "sft"
+    # lr=0: the first SFT step leaves the weights where SFT started
+    pretrain(["--config-name", "cfg_sft", *[a for a in TINY if not a.startswith("lr")], f"resume_from={base}",
+              f"data.path={mixed_lengths}", "global_batch_size=256", "max_steps=1", "lr=0.0",
+              f"checkpoint_path={sft}"])
+
+    from models.model import LanguageModel
+    from training.config import compose
+
+    arch = compose("cfg_pretrain", TINY[:3]).arch
+    ema, live, started = (LanguageModel(arch, 256) for _ in range(3))
+    base_ckpt = ckpt.find_checkpoint(base)
+    ckpt.load_model_weights(base_ckpt, ema, use_ema=True)
+    ckpt.load_model_weights(base_ckpt, live, use_ema=False)
+    sft_ckpt = ckpt.find_checkpoint(sft)
+    ckpt.load_model_weights(sft_ckpt, started, use_ema=False)
+    for (name, a), b, c in zip(ema.state_dict().items(), started.state_dict().values(), live.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+        if name.endswith("weight"):
+            assert not torch.equal(a, c), f"{name}: EMA equals live weights, the test would prove nothing"
+    state = ckpt.read_trainer_state(sft_ckpt)
+    assert state["step"] == 1 and state["data"] == {"epoch": 0, "step": 1}  # SFT counts from 0
+    assert optimizer_step_count(sft_ckpt) == 1 and optimizer_step_count(base_ckpt) == 4  # fresh optimizer
+
+
+def optimizer_step_count(path: Path) -> float:
+    import torch.distributed.checkpoint as dcp
+
+    key = "optim.state.lm_head.weight.step"
+    state = {key: torch.zeros(())}
+    dcp.load(state, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True)
+    return state[key].item()
+
+
+def test_no_wandb_credentials_goes_offline_with_one_line(mixed_lengths, tmp_path):
+    env = {"HOME": str(tmp_path), "WANDB_API_KEY": "", "WANDB_MODE": "", "WANDB_DIR": str(tmp_path),
+           "WANDB_SILENT": "true"}
+    result = pretrain([f"data.path={mixed_lengths}", "global_batch_size=256", "max_steps=1", "wandb_mode=auto",
+                       f"checkpoint_path={tmp_path / 'run'}"], env=env)
+    notes = [line for line in result.stdout.splitlines() if line.startswith("W&B")]
+    assert len(notes) == 1 and "offline" in notes[0], result.stdout
+    assert losses(tmp_path / "run")
+
+
+@pytest.mark.parametrize("args, nproc, expected", [
+    (["no_such_key=1"], 1, "no_such_key"),
+    (["global_batch_size=255"], 2, "global_batch_size=255 is not divisible by the world size 2"),
+    (["data.path=/nonexistent/sampled"], 1, "data.path=/nonexistent/sampled"),
+    (["lr=abc"], 1, "lr"),
+])
+def test_bad_config_fails_at_start_naming_the_key(args, nproc, expected, mixed_lengths, tmp_path):
+    args = [f"data.path={mixed_lengths}", "max_steps=1", f"checkpoint_path={tmp_path / 'r'}", *args]
+    result = pretrain(args, nproc=nproc, check=False)
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr
+
+
+def test_resume_with_another_architecture_fails(mixed_lengths, tmp_path):
+    run = tmp_path / "run"
+    pretrain([f"data.path={mixed_lengths}", "global_batch_size=256", "max_steps=1", f"checkpoint_path={run}"])
+    result = pretrain([f"data.path={mixed_lengths}", f"resume_from={run}", "arch.n_layers=2"], check=False)
+    assert result.returncode != 0
+    assert "arch.n_layers: run has 4, config has 2" in result.stdout + result.stderr
