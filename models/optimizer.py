@@ -41,18 +41,18 @@ class AdamATan2(torch.optim.Optimizer):
         for group in self.param_groups:
             lr, (b1, b2), wd, ema_rate = group["lr"], group["betas"], group["weight_decay"], group["ema_rate"]
             for p in group["params"]:
-                if p.grad is None:
-                    continue
+                # State exists for every parameter, trained this step or not (HRM's warmup leaves
+                # the embedding without gradient at first), so checkpoints always have all keys.
                 state = self._state(p)
-                state["step"] += 1
-                t = state["step"].item()
-                param, grad = _local(p), _local(p.grad)
-                m, v = _local(state["exp_avg"]), _local(state["exp_avg_sq"])
-                m.lerp_(grad, 1 - b1)
-                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                param.mul_(1 - lr * wd)
-                update = torch.atan2(m / (1 - b1 ** t), (v / (1 - b2 ** t)).sqrt())
-                param.add_(update, alpha=-lr)
+                param = _local(p)
+                if p.grad is not None:
+                    state["step"] += 1
+                    t = state["step"].item()
+                    grad, m, v = _local(p.grad), _local(state["exp_avg"]), _local(state["exp_avg_sq"])
+                    m.lerp_(grad, 1 - b1)
+                    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                    param.mul_(1 - lr * wd)
+                    param.add_(torch.atan2(m / (1 - b1 ** t), (v / (1 - b2 ** t)).sqrt()), alpha=-lr)
                 if ema_rate is not None:
                     _local(state["ema"]).lerp_(param, 1 - ema_rate)
 
