@@ -3,9 +3,9 @@
     python -m data_io.demo --out demo_data
 
 Synthetic tasks a ~1-3M-parameter model learns within minutes on a CPU (condition `direct`):
-  add      "add 345 78"      -> "423"     (operands 0..999)
-  reverse  "reverse 93021"   -> "12039"   (2..6 digits)
-  sort     "sort 5129"       -> "1259"    (2..6 digits)
+  add      "add 45 78"       -> "123"     (operands 0..99)
+  reverse  "reverse 93021"   -> "12039"   (2..5 digits)
+  sort     "sort 5129"       -> "1259"    (2..5 digits)
 The tokenizer splits digits one per token, so every sample stays under 20 tokens (context 64).
 Writes DIR/corpus/train.jsonl, DIR/heldout.jsonl (problems absent from training; rows with
 instruction, response, condition), DIR/tokenizer/, DIR/tokenized/ and the sampled dataset DIR/sampled.
@@ -23,28 +23,29 @@ from data_io.train_tokenizer import train_tokenizer
 
 
 def make_problem(rng: random.Random) -> tuple[str, str]:
-    task = rng.choices(("add", "reverse", "sort"), weights=(2, 1, 1))[0]
+    task = rng.choice(("add", "reverse", "sort"))
     if task == "add":
-        a, b = rng.randrange(1000), rng.randrange(1000)
+        a, b = rng.randrange(100), rng.randrange(100)
         return f"add {a} {b}", str(a + b)
-    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(2, 6)))
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(2, 5)))
     if task == "reverse":
         return f"reverse {digits}", digits[::-1]
     return f"sort {digits}", "".join(sorted(digits))
 
 
 def make_corpus(train_size: int, heldout_size: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """Distinct training problems, and held-out problems none of which occurs in training."""
+    """Held-out problems first, then distinct training problems none of which is held out (the
+    small add space, 10k pairs, is mostly covered by training: held-out pairs stay unseen)."""
     rng = random.Random(seed)
-    train: dict[str, str] = {}
-    while len(train) < train_size:
-        instruction, response = make_problem(rng)
-        train[instruction] = response
     heldout: dict[str, str] = {}
     while len(heldout) < heldout_size:
         instruction, response = make_problem(rng)
-        if instruction not in train:
-            heldout[instruction] = response
+        heldout[instruction] = response
+    train: dict[str, str] = {}
+    while len(train) < train_size:
+        instruction, response = make_problem(rng)
+        if instruction not in heldout:
+            train[instruction] = response
     rows = lambda d: [{"instruction": i, "response": r, "condition": "direct"} for i, r in d.items()]
     return rows(train), rows(heldout)
 

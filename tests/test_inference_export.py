@@ -1,0 +1,121 @@
+"""The native engine and the Hugging Face export on a real (small) demo run: the export loads in
+transformers' own HrmTextForCausalLM and matches the native model; batched generation with slot
+refill equals one-at-a-time generation; evaluation.main runs every benchmark on the run."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conversion.convert_to_hf import check_exportable, convert
+from models.layers import PackedContext
+from models import attention as attn_lib
+from simple_inference_engine import SimpleEngine, load_run
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+
+
+@pytest.fixture(scope="module")
+def engine(demo_run):
+    _, run = demo_run
+    model, tokenizer, context_len, _ = load_run(run, device="cpu")
+    return SimpleEngine(model, tokenizer, context_len, compile=False)
+
+
+@pytest.fixture(scope="module")
+def export(demo_run, tmp_path_factory):
+    _, run = demo_run
+    return convert(run, tmp_path_factory.mktemp("hf") / "model")
+
+
+def test_export_loads_natively_and_matches(engine, export):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(export).eval()  # no trust_remote_code
+    assert type(hf).__name__ == "HrmTextForCausalLM"
+    tok = AutoTokenizer.from_pretrained(export)
+    special = engine.tokenizer.special_ids
+    assert tok.bos_token_id == special["<|boq|>"] and tok.eos_token_id == special["<|eoa|>"]
+
+    prompt = engine.encode_prompt("add 12 34", "direct")
+    response = engine.tokenizer.encode_batch(["46"])[0] + [special["<|eoa|>"]]
+    ids = torch.tensor([prompt + response])
+    n = ids.shape[1]
+    token_type_ids = torch.zeros_like(ids)
+    token_type_ids[0, :len(prompt)] = 1
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, token_type_ids=token_type_ids).logits[0]
+        layout = attn_lib.build_layout(torch.tensor([0, n], dtype=torch.int32), torch.tensor([len(prompt)], dtype=torch.int32),
+                                       total_len=n, max_seqlen=n, backend="sdpa")
+        ours = engine.model(ids, torch.arange(n)[None], PackedContext(layout))[0]
+    assert (theirs - ours).abs().max().item() < 1e-4
+
+    # transformers' greedy generate() equals the native engine's greedy output, token for token
+    for text in ("add 12 34", "reverse 9081", "sort 5129"):
+        p = engine.encode_prompt(text, "direct")
+        native = engine.generate_ids([p], max_new_tokens=12)[0]
+        x = torch.tensor([p])
+        out = hf.generate(x, token_type_ids=torch.ones_like(x), max_new_tokens=12, do_sample=False,
+                          eos_token_id=special["<|eoa|>"], pad_token_id=special["<|pad|>"])[0, len(p):].tolist()
+        if out and out[-1] == special["<|eoa|>"]:
+            out = out[:-1]
+        assert out == native, (text, out, native)
+
+
+def test_nets_without_a_faithful_hrm_text_form_refuse_to_export():
+    from training.config import compose
+
+    for net in ("trm", "rins", "ut"):
+        arch = compose("cfg_pretrain", [f"arch/net@arch={net}"]).arch
+        with pytest.raises(SystemExit, match="exportable nets: hrm, transformer"):
+            check_exportable(arch)
+
+
+def test_batched_generation_with_refill_equals_one_at_a_time(engine):
+    rows = [line for line in ("add 1 2", "sort 321", "reverse 12345", "add 999 999", "sort 98765", "add 5 70",
+                              "reverse 10", "sort 55")]
+    prompts = [engine.encode_prompt(r, "direct") for r in rows]
+    alone = [engine.generate_ids([p], max_new_tokens=6)[0] for p in prompts]
+    batched = engine.generate_ids(prompts, max_new_tokens=6, batch_size=3)  # 8 prompts through 3 slots
+    assert batched == alone
+    assert all(len(g) <= 6 for g in alone)
+
+
+def test_generation_stops_at_eoa_token_limit_and_skips_overlong_prompts(engine):
+    eoa = engine.tokenizer.special_ids["<|eoa|>"]
+    prompts = [engine.encode_prompt("add 1 2", "direct"), [5] * (engine.context_len + 3),
+               engine.encode_prompt("sort 321", "direct")]
+    stats = engine.stats
+    # a head that always prefers eoa: every generation ends at once, empty
+    hook = engine.model.lm_head.register_forward_hook(lambda m, i, out: out.index_fill(-1, torch.tensor([eoa]), 1e4))
+    try:
+        before = (stats.stopped_at_eoa, stats.overlong_prompts)
+        assert engine.generate_ids(prompts, max_new_tokens=5, batch_size=2) == [[], [], []]
+        assert (stats.stopped_at_eoa, stats.overlong_prompts) == (before[0] + 2, before[1] + 1)
+    finally:
+        hook.remove()
+    # a head that never says eoa: generations stop at the token limit
+    hook = engine.model.lm_head.register_forward_hook(lambda m, i, out: out.index_fill(-1, torch.tensor([eoa]), -1e4))
+    try:
+        limited = engine.generate_ids(prompts, max_new_tokens=3, batch_size=2)
+    finally:
+        hook.remove()
+    assert [len(g) for g in limited] == [3, 0, 3]
+
+
+def test_evaluation_runs_every_benchmark_on_the_demo_run(demo_run, tmp_path):
+    from evaluation.benchmarks import BENCHMARKS
+    from evaluation.main import main
+
+    _, run = demo_run
+    results_path = tmp_path / "eval.json"
+    report = main([f"ckpt_path={run}", f"data_dir={FIXTURES}", f"results_path={results_path}", "limit=2",
+                   "generation_config.condition=direct", "generation_config.max_new_tokens=4",
+                   "generation_config.batch_size=4"])
+    written = json.loads(results_path.read_text())
+    assert set(written["results"]) == set(BENCHMARKS) == set(report["results"])
+    with pytest.raises(ValueError, match="GSM8k"):
+        main([f"ckpt_path={run}", f"data_dir={FIXTURES}", "run_only=[NoSuchBench]"])
+    with pytest.raises(Exception, match="direct"):  # the demo tokenizer knows only `direct`
+        main([f"ckpt_path={run}", f"data_dir={FIXTURES}", "run_only=[GSM8k]", "generation_config.condition=cot"])
