@@ -41,7 +41,7 @@ from training import checkpoint as ckpt
 from training.config import TrainConfig, to_train_config
 from training.distributed import Dist, all_reduce_sum, broadcast_object, init_distributed
 from training.logger import MetricsLogger
-from training.parallel import shard_model
+from training.parallel import compile_blocks, shard_model
 from training.schedule import lr_at
 
 ROOT = Path(__file__).resolve().parent
@@ -191,9 +191,7 @@ def run(cfg: TrainConfig, d: Dist) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     shard_model(model, compute_dtype(cfg, d.device))
     if cfg.compile is True or (cfg.compile == "auto" and d.device.type == "cuda"):
-        for block in model.modules():
-            if block.__class__.__name__ == "Block":
-                block.compile()
+        compile_blocks(model)
     optimizer = AdamATan2(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                           weight_decay=cfg.weight_decay, ema_rate=cfg.ema_rate)
 

@@ -34,20 +34,20 @@ def make_problem(rng: random.Random) -> tuple[str, str]:
 
 
 def make_corpus(train_size: int, heldout_size: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """Held-out problems first, then distinct training problems none of which is held out (the
-    small add space, 10k pairs, is mostly covered by training: held-out pairs stay unseen)."""
+    """Held-out problems first, then training problems, none of them held out. Training draws
+    repeat freely: the add space is small (10k pairs), and each task keeps a third of the data."""
     rng = random.Random(seed)
     heldout: dict[str, str] = {}
     while len(heldout) < heldout_size:
         instruction, response = make_problem(rng)
         heldout[instruction] = response
-    train: dict[str, str] = {}
+    train: list[tuple[str, str]] = []
     while len(train) < train_size:
         instruction, response = make_problem(rng)
         if instruction not in heldout:
-            train[instruction] = response
-    rows = lambda d: [{"instruction": i, "response": r, "condition": "direct"} for i, r in d.items()]
-    return rows(train), rows(heldout)
+            train.append((instruction, response))
+    rows = lambda pairs: [{"instruction": i, "response": r, "condition": "direct"} for i, r in pairs]
+    return rows(train), rows(heldout.items())
 
 
 def build_demo(out_dir: str, train_size: int = 150_000, heldout_size: int = 1000, seed: int = 0,
@@ -70,7 +70,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m data_io.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--train-size", type=int, default=150_000, help="distinct training problems (default %(default)s)")
+    parser.add_argument("--train-size", type=int, default=150_000, help="training problems (default %(default)s)")
     parser.add_argument("--heldout-size", type=int, default=1000, help="held-out problems (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="corpus and sampling seed (default %(default)s)")
     parser.add_argument("--epochs", type=int, default=4, help="sampled epochs (default %(default)s)")

@@ -97,25 +97,28 @@ AttentionContext = PackedContext | CachedContext
 
 class StaticKVCache:
     """Pre-allocated keys/values for every (module call, layer) of the recurrence: each call of a
-    recurrent stack sees different inputs, so each needs its own slot. Layout [slots, B, T, H, D]."""
+    recurrent stack sees different inputs, so each needs its own slot. One [B, T, H, D] tensor per
+    slot: writing into slices of a single big tensor made a compiled decode step copy all of it
+    (26x slower generation on an H100, bench/RESULTS.md)."""
 
     def __init__(self, num_calls: int, layers_per_call: int, batch_size: int, max_len: int,
                  num_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str):
-        shape = (num_calls * layers_per_call, batch_size, max_len, num_heads, head_dim)
+        shape = (batch_size, max_len, num_heads, head_dim)
         self.layers_per_call = layers_per_call
         self.max_len = max_len
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        slots = num_calls * layers_per_call
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(slots)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(slots)]
 
     def update(self, call: int, layer: int, rows: torch.Tensor | None, positions: torch.Tensor,
                k: torch.Tensor, v: torch.Tensor):
         """Write k/v [B, Tq, H, D] at `positions` [B, Tq] of cache `rows` [B] (None: all rows, in
         order); return those rows' whole k/v as [B, H, T, D]."""
-        slot = call * self.layers_per_call + layer
+        k_cache, v_cache = self.k[call * self.layers_per_call + layer], self.v[call * self.layers_per_call + layer]
         index = (torch.arange(k.shape[0], device=k.device) if rows is None else rows)[:, None]
-        self.k[slot].index_put_((index, positions), k)
-        self.v[slot].index_put_((index, positions), v)
-        k_rows, v_rows = (self.k[slot], self.v[slot]) if rows is None else (self.k[slot][rows], self.v[slot][rows])
+        k_cache.index_put_((index, positions), k)
+        v_cache.index_put_((index, positions), v)
+        k_rows, v_rows = (k_cache, v_cache) if rows is None else (k_cache[rows], v_cache[rows])
         return k_rows.transpose(1, 2), v_rows.transpose(1, 2)
 
 

@@ -63,6 +63,14 @@ def test_export_loads_natively_and_matches(engine, export):
         assert out == native, (text, out, native)
 
 
+def test_test_time_recurrence_override(demo_run):
+    _, run = demo_run
+    model, tokenizer, context_len, _ = load_run(run, arch_override={"H_cycles": 4})
+    assert model.arch.H_cycles == 4 and model.net.num_calls == 16  # trained with 2 x (3 L + H)
+    deeper = SimpleEngine(model, tokenizer, context_len, compile=False)
+    assert len(deeper.generate_ids([deeper.encode_prompt("add 1 2", "direct")], max_new_tokens=3)[0]) <= 3
+
+
 def test_nets_without_a_faithful_hrm_text_form_refuse_to_export():
     from training.config import compose
 

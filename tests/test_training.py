@@ -193,3 +193,24 @@ def test_resume_with_another_architecture_fails(mixed_lengths, tmp_path):
     result = pretrain([f"data.path={mixed_lengths}", f"resume_from={run}", "arch.n_layers=2"], check=False)
     assert result.returncode != 0
     assert "arch.n_layers: run has 4, config has 2" in result.stdout + result.stderr
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_zero(mixed_lengths, tmp_path):
+    run = tmp_path / "run"
+    proc = pretrain([f"data.path={mixed_lengths}", "global_batch_size=256", "checkpoint_every_steps=null",
+                     f"checkpoint_path={run}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: (run / "metrics.jsonl").exists() and len(losses(run)) >= 2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "SIGTERM: checkpoint written at step" in out
+    done = ckpt.complete_checkpoints(run)
+    assert done and ckpt.read_trainer_state(done[-1])["step"] == max(losses(run)) < 40
+
+
+def test_non_finite_loss_stops_naming_the_step(mixed_lengths, tmp_path):
+    # AdamATan2 moves each weight by about lr per step: lr=1e30 overflows at once
+    result = pretrain([f"data.path={mixed_lengths}", "global_batch_size=256", "lr=1e30", "lr_warmup_steps=0",
+                       "max_steps=6", "checkpoint_every_steps=null", f"checkpoint_path={tmp_path / 'run'}"], check=False)
+    assert result.returncode != 0
+    assert "non-finite loss at step 2; last good checkpoint: none" in result.stdout + result.stderr

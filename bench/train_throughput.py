@@ -1,0 +1,486 @@
+"""Training-step throughput of hrm-text (issue 6): tokens/s/GPU, model TFLOP/s, MFU, peak memory,
+attention backends, and the transformers HrmTextForCausalLM step as a peer.
+
+    python3 bench/train_throughput.py                                  # HRM L + Transformer L, peer
+    python3 bench/train_throughput.py --models hrm:L --variants before,after --no-peer
+    torchrun --nproc_per_node=2 bench/train_throughput.py --models hrm:L --no-peer --no-attention
+    python3 bench/train_throughput.py --cpu                            # tiny smoke run on a CPU
+
+Our step is pretrain.py's: FSDP2 (training/parallel.py), per-Block torch.compile, the packed
+layout built per step, loss_and_metrics, backward, clip_grad_norm_, AdamATan2 (with EMA), zero_grad.
+Synthetic packed batches: sample lengths lognormal (median 300) clipped to the 4096 context, the
+prefix/response split uniform, packed greedily into `--tokens` slots per GPU (random tokens, labels
+on the response). `--shape full` packs `tokens/4096` full-length samples instead.
+
+Variants (before/after of the changes measured here):
+  before  reshard_after_forward=True (FSDP2's default), block.compile() with default settings,
+          a per-parameter AdamATan2 step (the optimizer as it was)
+  after   reshard_after_forward=False, training.parallel.compile_blocks (dynamic=False),
+          the foreach AdamATan2 step (models/optimizer.py)
+MFU counts executed FLOPs (models/flops.py: no-grad recurrence calls 1x, grad calls 3x, attention
+as over half the 4096 context) against the datasheet peak (989.5 TFLOP/s dense bf16 for H100/H200)
+and against a bf16 8192^3 matmul measured in the same run. `attn-actual` recounts the attention
+term from the batch's real (prefix-LM) query-key pairs.
+
+Peer: transformers' HrmTextForCausalLM (sdpa, bf16 weights, fused torch AdamW, eager), at the same
+size, with the same recurrence (2 H x 3 L cycles, 5 gradient-carrying calls). At full length it
+runs 2 x 4096; on the packed mix it must pad: the same samples in their order are cut into
+micro-batches of at most `--peer-budget` padded tokens (each padded to its longest sample),
+gradients accumulated, one optimizer step per packed batch.
+"""
+
+import argparse
+import datetime
+import gc
+import importlib.util
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models import attention as attn_lib  # noqa: E402
+from models.flops import executed_flops_per_token  # noqa: E402
+from models.layers import Block, PackedContext  # noqa: E402
+from models.lm_head import IGNORE_LABEL, loss_and_metrics, sample_ids_from_cu_seqlens  # noqa: E402
+from models.model import LanguageModel, model_vocab_size  # noqa: E402
+from models.optimizer import AdamATan2, _local  # noqa: E402
+from training.config import compose  # noqa: E402
+from training.distributed import all_reduce_sum, init_distributed  # noqa: E402
+from training.parallel import compile_blocks, shard_model  # noqa: E402
+
+PEAK_BF16_TFLOPS = {"H100": 989.5, "H200": 989.5, "H800": 989.5, "A100": 312.0}
+TOKENIZER_VOCAB = 32000
+
+
+def log(*args):
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic packed batches
+
+
+def mix_lengths(rng, budget: int, context: int, max_samples: int, median: float = 300.0):
+    """(prefix, response) token counts of one packed batch: total lognormal (median `median`),
+    clipped to [2, context], prefix a uniform fraction; packed greedily below `budget`."""
+    samples, used, misses = [], 0, 0
+    while misses < 10 and len(samples) < max_samples:
+        n = int(np.clip(rng.lognormal(math.log(median), 1.0), 2, context))
+        if used + n > budget:
+            misses += 1
+            continue
+        p = int(np.clip(round(rng.uniform(0.05, 0.95) * n), 1, n - 1))
+        samples.append((p, n - p))
+        used += n
+    return samples
+
+
+def full_lengths(rng, budget: int, context: int):
+    samples = []
+    for _ in range(budget // context):
+        p = int(rng.integers(context // 8, context - context // 8))
+        samples.append((p, context - p))
+    return samples
+
+
+def make_batch(samples, total_len: int, max_samples: int, vocab: int, rng):
+    """Packed batch in dataset_new.pack's format (CPU tensors) + host stats; the last prefix token
+    and every response token but the last carry labels."""
+    inputs = rng.integers(8, vocab, total_len).astype(np.int32)
+    labels = np.full(total_len, IGNORE_LABEL, np.int64)
+    position_ids = np.zeros(total_len, np.int32)
+    cu = np.zeros(max_samples + 1, np.int32)
+    prefix = np.zeros(max_samples, np.int32)
+    pos = 0
+    for k, (p, c) in enumerate(samples):
+        end = pos + p + c
+        labels[pos + p - 1:end - 1] = rng.integers(8, vocab, c)
+        position_ids[pos:end] = np.arange(p + c)
+        prefix[k], cu[k + 1] = p, end
+        pos = end
+    cu[len(samples) + 1:] = pos
+    inputs[pos:] = 0
+    batch = {"inputs": torch.from_numpy(inputs), "labels": torch.from_numpy(labels),
+             "position_ids": torch.from_numpy(position_ids), "cu_seqlens": torch.from_numpy(cu),
+             "prefix_lens": torch.from_numpy(prefix)}
+    pairs = sum(p * p + c * p + c * (c + 1) / 2 for p, c in samples)
+    stats = {"num_tokens": pos, "num_label_tokens": int((labels != IGNORE_LABEL).sum()), "samples": samples,
+             "attn_pairs": pairs}
+    return batch, stats
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurements
+
+
+def cuda_median_ms(fn, iters: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return float(np.median(times))
+
+
+def matmul_tflops(device) -> float:
+    n = 8192
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    ms = cuda_median_ms(lambda: a @ b, iters=20, warmup=5)
+    return 2 * n ** 3 / ms / 1e9
+
+
+class PerParamAdamATan2(AdamATan2):
+    """The optimizer step as it was before the foreach rewrite (same math), for `before`."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, (b1, b2), wd, ema_rate = group["lr"], group["betas"], group["weight_decay"], group["ema_rate"]
+            for p in group["params"]:
+                state = self._state(p)
+                param = _local(p)
+                if p.grad is not None:
+                    state["step"] += 1
+                    t = state["step"].item()
+                    grad, m, v = _local(p.grad), _local(state["exp_avg"]), _local(state["exp_avg_sq"])
+                    m.lerp_(grad, 1 - b1)
+                    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                    param.mul_(1 - lr * wd)
+                    param.add_(torch.atan2(m / (1 - b1 ** t), (v / (1 - b2 ** t)).sqrt()), alpha=-lr)
+                if ema_rate is not None:
+                    _local(state["ema"]).lerp_(param, 1 - ema_rate)
+
+
+def dynamo_frames() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["frames"]["ok"])
+
+
+def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str):
+    """Time our training step; returns a result row (dict)."""
+    device = d.device
+    vocab = model_vocab_size(TOKENIZER_VOCAB if not args.cpu else 500)
+    context = args.context
+    rng = np.random.default_rng(1234 + d.rank)
+    max_samples = max(8, tokens // 16)
+    batches = []
+    for _ in range(args.distinct_batches):
+        samples = (full_lengths(rng, tokens, context) if shape == "full"
+                   else mix_lengths(rng, tokens, context, max_samples))
+        batches.append(make_batch(samples, tokens, max_samples, vocab, rng))
+
+    torch.manual_seed(0)
+    model = LanguageModel(arch, vocab).to(device)
+    model.init_weights()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    before = variant == "before"
+    shard_model(model, dtype, reshard_after_forward=before)
+    if not args.cpu:
+        if before:
+            for block in model.modules():
+                if isinstance(block, Block):
+                    block.compile()
+        else:
+            compile_blocks(model, fullgraph=args.fullgraph)
+    opt_cls = PerParamAdamATan2 if before else AdamATan2
+    optimizer = opt_cls(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, ema_rate=0.9999)
+    bp = arch.bp_max_steps
+
+    def step(i):
+        batch, stats = batches[i % len(batches)]
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        layout = attn_lib.build_layout(batch["cu_seqlens"], batch["prefix_lens"], total_len=tokens,
+                                       max_seqlen=context, backend=backend, attn_type=arch.attn_type)
+        normalizer = all_reduce_sum(torch.tensor(float(stats["num_label_tokens"]), device=device)) / d.world_size
+        logits = model(batch["inputs"][None].long(), batch["position_ids"][None].long(), PackedContext(layout), bp)[0]
+        sample_ids = sample_ids_from_cu_seqlens(batch["cu_seqlens"], tokens)
+        loss_sum, metrics = loss_and_metrics(logits, batch["labels"], sample_ids, max_samples)
+        (loss_sum / normalizer.clamp(min=1.0)).backward()
+        del logits
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return metrics["loss"]
+
+    frames0 = dynamo_frames()
+    t0 = time.perf_counter()
+    losses = []
+    for i in range(args.warmup):
+        losses.append(step(i))
+    sync(device)
+    warm_s = time.perf_counter() - t0
+    frames_warm = dynamo_frames()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for i in range(args.warmup, args.warmup + args.steps):
+        losses.append(step(i))
+    sync(device)
+    elapsed = time.perf_counter() - t0
+    recompiles = dynamo_frames() - frames_warm
+    real_tokens = sum(batches[i % len(batches)][1]["num_tokens"] for i in range(args.warmup, args.warmup + args.steps))
+    pairs = sum(batches[i % len(batches)][1]["attn_pairs"] for i in range(args.warmup, args.warmup + args.steps))
+    tok_s = real_tokens / elapsed
+    fpt = executed_flops_per_token(arch, vocab, context)
+    attn_per_token = fpt - executed_flops_per_token(arch, vocab, 0)
+    # attention term recounted from the real pairs: it scales with pairs / (tokens * context / 2)
+    fpt_actual = fpt - attn_per_token + attn_per_token * pairs / (real_tokens * context / 2)
+    loss_values = [(t[0] / t[1]).item() for t in losses]
+    row = {"model": f"{arch.net}:{args.size_of[arch.net]}", "variant": variant, "shape": shape, "tokens": tokens,
+           "backend": backend, "tok_s": tok_s, "tflops": tok_s * fpt / 1e12, "tflops_actual": tok_s * fpt_actual / 1e12,
+           "step_ms": elapsed / args.steps * 1e3, "peak_gib": peak_gib(device), "warm_s": warm_s,
+           "frames": frames_warm - frames0, "recompiles": recompiles, "loss_first": loss_values[0],
+           "loss_last": loss_values[-1], "fpt": fpt, "fill": real_tokens / (tokens * args.steps)}
+    del model, optimizer, batches
+    free(device)
+    return row
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def free(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def peak_gib(device):
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------
+# Peer: transformers HrmTextForCausalLM
+
+
+def run_peer(args, d, arch, shape: str, tokens: int):
+    from transformers import HrmTextForCausalLM
+
+    from conversion.convert_to_hf import hf_config
+
+    device = d.device
+    vocab = model_vocab_size(TOKENIZER_VOCAB if not args.cpu else 500)
+    context = args.context
+    rng = np.random.default_rng(1234)
+    config = hf_config(arch, vocab, context, {"<|boq|>": 1, "<|eoa|>": 3, "<|pad|>": 0})
+    config._attn_implementation = "sdpa"
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    model = HrmTextForCausalLM(config).to(device=device, dtype=dtype)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                                  fused=device.type == "cuda")
+
+    def micro_batches(samples):
+        """Consecutive samples, each micro-batch padded to its longest, at most peer_budget padded tokens."""
+        groups, current = [], []
+        for s in samples:
+            longest = max([sum(x) for x in current + [s]])
+            if current and longest * (len(current) + 1) > args.peer_budget:
+                groups.append(current)
+                current = []
+            current.append(s)
+        groups.append(current)
+        return groups
+
+    def tensors(group):
+        T = max(p + c for p, c in group)
+        B = len(group)
+        ids = torch.from_numpy(rng.integers(8, vocab, (B, T))).long()
+        labels = torch.full((B, T), IGNORE_LABEL, dtype=torch.long)
+        mask = torch.zeros(B, T, dtype=torch.long)
+        types = torch.zeros(B, T, dtype=torch.long)
+        for b, (p, c) in enumerate(group):
+            mask[b, :p + c] = 1
+            types[b, :p] = 1
+            labels[b, p - 1:p + c - 1] = torch.from_numpy(rng.integers(8, vocab, c))
+        return [t.to(device) for t in (ids, labels, mask, types)]
+
+    plans = []
+    for _ in range(args.distinct_batches):
+        samples = (full_lengths(rng, tokens, context) if shape == "full"
+                   else mix_lengths(rng, tokens, context, max(8, tokens // 16)))
+        plans.append((sum(p + c for p, c in samples), [tensors(g) for g in micro_batches(samples)]))
+
+    def step(i):
+        real, groups = plans[i % len(plans)]
+        n_labels = sum(int((g[1] != IGNORE_LABEL).sum()) for g in groups)
+        total = 0.0
+        for ids, labels, mask, types in groups:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=mask, token_type_ids=types, position_ids=positions).logits
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_LABEL,
+                                   reduction="sum") / n_labels
+            loss.backward()
+            total += loss.detach()
+            del logits
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return total
+
+    t0 = time.perf_counter()
+    losses = [step(i) for i in range(args.peer_warmup)]
+    sync(device)
+    warm_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for i in range(args.peer_warmup, args.peer_warmup + args.peer_steps):
+        losses.append(step(i))
+    sync(device)
+    elapsed = time.perf_counter() - t0
+    real = sum(plans[i % len(plans)][0] for i in range(args.peer_warmup, args.peer_warmup + args.peer_steps))
+    padded = sum(sum(g[0].numel() for g in plans[i % len(plans)][1])
+                 for i in range(args.peer_warmup, args.peer_warmup + args.peer_steps))
+    tok_s = real / elapsed
+    fpt = executed_flops_per_token(arch, vocab, context)
+    row = {"model": f"peer:{args.size_of[arch.net]}", "variant": "hf-sdpa", "shape": shape, "tokens": tokens,
+           "backend": "sdpa", "tok_s": tok_s, "tflops": tok_s * fpt / 1e12, "tflops_actual": float("nan"),
+           "step_ms": elapsed / args.peer_steps * 1e3, "peak_gib": peak_gib(device), "warm_s": warm_s,
+           "frames": 0, "recompiles": 0, "loss_first": float(losses[0]), "loss_last": float(losses[-1]),
+           "fpt": fpt, "fill": real / padded}
+    del model, optimizer, plans
+    free(device)
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def attention_table(device):
+    """bench/attention_check.py's correctness + fwd/bwd timing of every backend, at size L's heads."""
+    spec = importlib.util.spec_from_file_location("attention_check", ROOT / "bench" / "attention_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    backends = check.A.available_backends(device)
+    for name in check.A.BACKENDS:
+        reason = check.A._unavailable_reason(name, device)
+        log(f"backend {name:7}: {'available' if reason is None else 'UNAVAILABLE - ' + reason}")
+    log(f"auto -> {attn_lib.resolve_backend('auto', device)}")
+    rng = np.random.default_rng(0)
+    realistic = check.EDGE + check.random_samples(rng, 16384 - 64)
+    check.check_batch("realistic", realistic, 16384, backends, device, timing=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="hrm:L,transformer:L", help="net:size,... (arch/net, arch/size configs)")
+    parser.add_argument("--variants", default="after", help="before,after")
+    parser.add_argument("--tokens", type=int, default=16384, help="packed tokens per GPU")
+    parser.add_argument("--shapes", default="mix,full", help="mix (packed realistic) and/or full (4096-token samples)")
+    parser.add_argument("--full-tokens", type=int, default=8192, help="tokens per GPU for the full-length shape")
+    parser.add_argument("--backends", default="auto", help="attention backends for our step, e.g. auto,varlen")
+    parser.add_argument("--context", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--distinct-batches", type=int, default=4)
+    parser.add_argument("--fullgraph", action="store_true")
+    parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--peer-budget", type=int, default=8192, help="padded tokens per peer micro-batch")
+    parser.add_argument("--peer-steps", type=int, default=4)
+    parser.add_argument("--peer-warmup", type=int, default=1)
+    parser.add_argument("--no-attention", action="store_true", help="skip the attention backend table")
+    parser.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (smoke test, no compile)")
+    args = parser.parse_args()
+    if args.cpu:
+        args.models = ",".join(m.split(":")[0] + ":tiny" for m in args.models.split(","))
+        args.tokens, args.full_tokens, args.context = 1024, 512, 256
+        args.steps, args.warmup, args.peer_steps, args.peer_budget = 2, 1, 1, 512
+        args.no_attention = True
+
+    d = init_distributed()
+    device = d.device
+    log(f"command: {' '.join(sys.argv)}  (world size {d.world_size})")
+    log(f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    log(f"device: {gpu}; torch {torch.__version__}")
+    peak = next((tf for key, tf in PEAK_BF16_TFLOPS.items() if key in gpu), None)
+    measured = matmul_tflops(device) if device.type == "cuda" else None
+    if measured:
+        log(f"bf16 8192^3 matmul: {measured:.0f} TFLOP/s measured; datasheet peak {peak} TFLOP/s")
+    if device.type == "cuda" and not args.no_attention and d.rank == 0:
+        attention_table(device)
+
+    rows = []
+    args.size_of = {}
+    for spec in args.models.split(","):
+        net, size = spec.split(":")
+        args.size_of[net] = size
+        for backend_name in args.backends.split(","):
+            cfg = compose("cfg_pretrain", [f"arch/net@arch={net}", f"arch/size@arch={size}",
+                                           f"arch.attn_backend={backend_name}"])
+            arch = cfg.arch
+            backend = attn_lib.resolve_backend(arch.attn_backend, device)
+            for shape in args.shapes.split(","):
+                tokens = args.tokens if shape == "mix" else args.full_tokens
+                for variant in args.variants.split(","):
+                    try:
+                        row = run_ours(args, d, arch, variant, shape, tokens, backend)
+                    except torch.OutOfMemoryError:
+                        row = {"model": f"{net}:{size}", "variant": variant, "shape": shape, "tokens": tokens,
+                                "backend": backend, "oom": True}
+                        free(device)
+                    rows.append(row)
+                    log(format_row(row, peak, measured))
+                if net == "hrm" and not args.no_peer and backend_name == args.backends.split(",")[0]:
+                    try:
+                        row = run_peer(args, d, arch, shape, tokens)
+                    except torch.OutOfMemoryError:
+                        row = {"model": f"peer:{size}", "variant": "hf-sdpa", "shape": shape, "tokens": tokens,
+                               "backend": "sdpa", "oom": True}
+                        free(device)
+                    rows.append(row)
+                    log(format_row(row, peak, measured))
+
+    log("\n== summary (tokens/s per GPU; MFU = executed model FLOPs / peak)")
+    log(HEADER)
+    for row in rows:
+        log(format_row(row, peak, measured))
+    for shape in args.shapes.split(","):
+        peers = [r for r in rows if r["model"].startswith("peer") and r["shape"] == shape and not r.get("oom")]
+        ours = [r for r in rows if r["model"].startswith("hrm") and r["shape"] == shape and not r.get("oom")]
+        if peers and ours:
+            best = max(ours, key=lambda r: r["tok_s"])
+            log(f"ours/peer on {shape}: {best['tok_s'] / peers[0]['tok_s']:.2f}x "
+                f"({best['variant']} {best['backend']} {best['tok_s']:.0f} vs {peers[0]['tok_s']:.0f} tokens/s)")
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+HEADER = (f"{"model":16} {'variant':8} {'shape':5} {'tok/GPU':>7} {'attn':6} {'tok/s':>8} {'step ms':>8} "
+          f"{'TFLOP/s':>7} {'MFU pk':>6} {'MFU mm':>6} {'MFU act':>7} {'peak GiB':>8} {'warm s':>6} "
+          f"{'graphs':>6} {'recomp':>6} {'loss0':>7} {'lossN':>7} {'fill':>5}")
+
+
+def format_row(row, peak, measured):
+    if row.get("oom"):
+        return f"{row["model"]:16} {row['variant']:8} {row['shape']:5} {row['tokens']:7d} {row['backend']:6} OUT OF MEMORY"
+    pk = row["tflops"] / peak if peak else float("nan")
+    mm = row["tflops"] / measured if measured else float("nan")
+    act = row["tflops_actual"] / peak if peak else float("nan")
+    return (f"{row["model"]:16} {row['variant']:8} {row['shape']:5} {row['tokens']:7d} {row['backend']:6} "
+            f"{row['tok_s']:8.0f} {row['step_ms']:8.1f} {row['tflops']:7.1f} {pk:6.1%} {mm:6.1%} {act:7.1%} "
+            f"{row['peak_gib']:8.1f} {row['warm_s']:6.0f} {row['frames']:6d} {row['recompiles']:6d} "
+            f"{row['loss_first']:7.3f} {row['loss_last']:7.3f} {row['fill']:5.2f}")
+
+
+if __name__ == "__main__":
+    main()
