@@ -214,6 +214,8 @@ def main() -> None:
     sub.choices["generate"].add_argument("--condition", default="direct")
     sub.choices["generate"].add_argument("--temperature", type=float, default=0.0)
     sub.choices["heldout"].add_argument("--heldout", required=True, help="JSONL rows with instruction, response, condition")
+    sub.choices["heldout"].add_argument("--report", action="store_true",
+                                        help="also print the run's first and last logged loss and what to run next")
     args = parser.parse_args()
 
     engine = SimpleEngine.from_checkpoint(args.run, args.ckpt_epoch, use_ema=not args.no_ema)
@@ -225,7 +227,24 @@ def main() -> None:
     else:
         rows = [json.loads(line) for line in Path(args.heldout).read_text().splitlines() if line.strip()]
         accuracy = heldout_accuracy(engine, rows, args.batch_size, args.max_new_tokens)
-        print(f"held-out exact accuracy: {accuracy:.1%} ({len(rows)} problems, greedy)")
+        if args.report:
+            print_report(Path(args.run), accuracy, len(rows))
+        else:
+            print(f"held-out exact accuracy: {accuracy:.1%} ({len(rows)} problems, greedy)")
+
+
+def print_report(run_dir: Path, accuracy: float, n: int) -> None:
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    first, last = logged[0], logged[-1]
+    print(f"""
+== demo summary ==
+run directory      {run_dir}
+training loss      {first['train/loss']:.3f} (step {first['step']}) -> {last['train/loss']:.3f} (step {last['step']})
+held-out accuracy  {accuracy:.1%} exact match on {n} unseen problems (greedy, EMA weights)
+next:
+  python simple_inference_engine.py generate --run {run_dir} --prompt "add 17 25"
+  python -m evaluation.main ckpt_path={run_dir} data_dir=tests/fixtures/eval generation_config.condition=direct
+  python -m conversion.convert_to_hf --ckpt_path {run_dir} --out_dir {run_dir}/hf""")
 
 
 if __name__ == "__main__":
