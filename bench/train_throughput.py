@@ -32,7 +32,6 @@ gradients accumulated, one optimizer step per packed batch.
 import argparse
 import datetime
 import gc
-import importlib.util
 import math
 import os
 import sys
@@ -46,6 +45,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import attention_check as check  # noqa: E402  (its timing and correctness helpers)
 from models import attention as attn_lib  # noqa: E402
 from models.flops import executed_flops_per_token  # noqa: E402
 from models.layers import Block, PackedContext  # noqa: E402
@@ -122,24 +122,10 @@ def make_batch(samples, total_len: int, max_samples: int, vocab: int, rng):
 # Measurements
 
 
-def cuda_median_ms(fn, iters: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return float(np.median(times))
-
-
 def matmul_tflops(device) -> float:
     n = 8192
     a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
-    ms = cuda_median_ms(lambda: a @ b, iters=20, warmup=5)
+    ms = check.median_ms(lambda: a @ b, iters=20, warmup=5)
     return 2 * n ** 3 / ms / 1e9
 
 
@@ -366,9 +352,6 @@ def run_peer(args, d, arch, shape: str, tokens: int):
 
 def attention_table(device):
     """bench/attention_check.py's correctness + fwd/bwd timing of every backend, at size L's heads."""
-    spec = importlib.util.spec_from_file_location("attention_check", ROOT / "bench" / "attention_check.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
     backends = check.A.available_backends(device)
     for name in check.A.BACKENDS:
         reason = check.A._unavailable_reason(name, device)
@@ -465,18 +448,18 @@ def main() -> None:
     dist.destroy_process_group()
 
 
-HEADER = (f"{"model":16} {'variant':8} {'shape':5} {'tok/GPU':>7} {'attn':6} {'tok/s':>8} {'step ms':>8} "
+HEADER = (f"{'model':16} {'variant':8} {'shape':5} {'tok/GPU':>7} {'attn':6} {'tok/s':>8} {'step ms':>8} "
           f"{'TFLOP/s':>7} {'MFU pk':>6} {'MFU mm':>6} {'MFU act':>7} {'peak GiB':>8} {'warm s':>6} "
           f"{'graphs':>6} {'recomp':>6} {'loss0':>7} {'lossN':>7} {'fill':>5}")
 
 
 def format_row(row, peak, measured):
     if row.get("oom"):
-        return f"{row["model"]:16} {row['variant']:8} {row['shape']:5} {row['tokens']:7d} {row['backend']:6} OUT OF MEMORY"
+        return f"{row['model']:16} {row['variant']:8} {row['shape']:5} {row['tokens']:7d} {row['backend']:6} OUT OF MEMORY"
     pk = row["tflops"] / peak if peak else float("nan")
     mm = row["tflops"] / measured if measured else float("nan")
     act = row["tflops_actual"] / peak if peak else float("nan")
-    return (f"{row["model"]:16} {row['variant']:8} {row['shape']:5} {row['tokens']:7d} {row['backend']:6} "
+    return (f"{row['model']:16} {row['variant']:8} {row['shape']:5} {row['tokens']:7d} {row['backend']:6} "
             f"{row['tok_s']:8.0f} {row['step_ms']:8.1f} {row['tflops']:7.1f} {pk:6.1%} {mm:6.1%} {act:7.1%} "
             f"{row['peak_gib']:8.1f} {row['warm_s']:6.0f} {row['frames']:6d} {row['recompiles']:6d} "
             f"{row['loss_first']:7.3f} {row['loss_last']:7.3f} {row['fill']:5.2f}")

@@ -41,18 +41,11 @@ class StackConfig(BaseModel):
 H_OVERRIDABLE = {"n_layers", "expansion", "post_norm"}
 
 
-class ArchConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ArchConfig(StackConfig):
+    """The size fields (StackConfig's) plus the net, its recurrence and attention. `n_layers` is
+    the total: with `half_layers`, each of the H and L stacks gets half."""
 
     net: NetName = "hrm"
-    # size
-    n_layers: int
-    hidden_size: int
-    num_heads: int
-    expansion: float = 4.0
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-6
-    post_norm: bool = False
     init: Literal["lecun_normal", "fixed_normal", "megatron"] = "lecun_normal"
     # recurrence (ignored by `transformer`; fixed by the baselines, see models/nets.py)
     half_layers: bool = False
@@ -89,22 +82,10 @@ class ArchConfig(BaseModel):
             )
         return self
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
     def stack(self, role: Literal["L", "H"] = "L") -> StackConfig:
         """The config of the L (or only) stack, or of the H stack with `H_override` applied."""
         layers = self.n_layers // 2 if self.half_layers else self.n_layers
-        base = StackConfig(
-            n_layers=layers,
-            hidden_size=self.hidden_size,
-            num_heads=self.num_heads,
-            expansion=self.expansion,
-            rope_theta=self.rope_theta,
-            norm_eps=self.norm_eps,
-            post_norm=self.post_norm,
-        )
+        base = StackConfig(**{**{k: getattr(self, k) for k in StackConfig.model_fields}, "n_layers": layers})
         if role == "H" and self.H_override:
             return base.model_copy(update=self.H_override)
         return base

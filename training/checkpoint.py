@@ -9,6 +9,7 @@ of the same name replaces. Step checkpoints beyond `keep_last` are pruned; epoch
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -98,7 +99,9 @@ def load_model_weights(path: Path, model, use_ema: bool = True) -> None:
     for name, tensor in model_sd.items():
         ema_key = f"optim.state.{name}.ema"
         state[ema_key if use_ema and ema_key in keys else f"model.{name}"] = torch.empty_like(tensor)
-    dcp.load(state, storage_reader=reader, no_dist=True)
+    with warnings.catch_warnings():  # single-process load is the intent here, not a mistake
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, storage_reader=reader, no_dist=True)
     with torch.no_grad():
         for name, tensor in model_sd.items():
             ema_key = f"optim.state.{name}.ema"
