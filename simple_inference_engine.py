@@ -22,7 +22,7 @@ from data_io.text_tokenizer import TextTokenizer, load_tokenizer
 from models import attention as attn_lib
 from models.config import ArchConfig
 from models.layers import CachedContext
-from models.model import LanguageModel
+from models.model import LanguageModel, model_vocab_size
 from training import checkpoint as ckpt
 
 PREFILL_BUCKET = 32  # prompts are padded to a multiple of this, bounding recompiles on CUDA
@@ -58,8 +58,6 @@ def load_run(run_dir: str | Path, ckpt_epoch: int | None = None, ckpt_step: int 
     path = info["tokenizer_path"]
     tokenizer = load_tokenizer(path if path.startswith("tiktoken:") else str(run_dir / path),
                                list(info["condition_mapping"]))
-    from models.model import model_vocab_size
-
     model = LanguageModel(arch, model_vocab_size(info["vocab_size"]))
     checkpoint = ckpt.find_checkpoint(run_dir, ckpt_epoch, ckpt_step)
     ckpt.load_model_weights(checkpoint, model, use_ema=use_ema)

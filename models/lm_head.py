@@ -8,7 +8,7 @@ the global mean loss. Metrics are (sum, count) pairs so they can be reduced acro
 import torch
 import torch.nn.functional as F
 
-IGNORE_LABEL = -100
+from dataset_new import IGNORE_LABEL  # the packing format's ignore label (its one home)
 
 
 def sample_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total_len: int) -> torch.Tensor:
