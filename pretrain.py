@@ -25,7 +25,7 @@ import hydra
 import torch
 import torch.distributed as dist
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from data_io import DataError
