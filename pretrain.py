@@ -33,7 +33,7 @@ from dataset_new import PackedDataset
 from models import attention as attn_lib
 from models.flops import executed_flops_per_token
 from models.layers import PackedContext
-from models.lm_head import loss_and_metrics, sample_ids_from_cu_seqlens
+from models.lm_head import sample_ids_from_cu_seqlens
 from models.model import LanguageModel, model_vocab_size
 from models.nets import bp_steps_at
 from models.optimizer import AdamATan2
@@ -146,10 +146,10 @@ class StopRequest:
 
 
 def train_step(model, batch, layout, bp_steps, normalizer, num_samples):
-    inputs, labels = batch["inputs"], batch["labels"]
-    logits = model(inputs[None].long(), batch["position_ids"][None].long(), PackedContext(layout), bp_steps)[0]
+    inputs = batch["inputs"]
     sample_ids = sample_ids_from_cu_seqlens(batch["cu_seqlens"], inputs.shape[0])
-    loss_sum, metrics = loss_and_metrics(logits, labels, sample_ids, num_samples)
+    loss_sum, metrics = model(inputs[None].long(), batch["position_ids"][None].long(), PackedContext(layout), bp_steps,
+                              labels=batch["labels"], sample_ids=sample_ids, num_samples=num_samples)
     (loss_sum / normalizer).backward()
     return metrics
 

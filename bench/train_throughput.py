@@ -7,7 +7,7 @@ attention backends, and the transformers HrmTextForCausalLM step as a peer.
     python3 bench/train_throughput.py --cpu                            # tiny smoke run on a CPU
 
 Our step is pretrain.py's: FSDP2 (training/parallel.py), per-Block torch.compile, the packed
-layout built per step, loss_and_metrics, backward, clip_grad_norm_, AdamATan2 (with EMA), zero_grad.
+layout built per step, chunked loss (models/lm_head.py), backward, clip_grad_norm_, AdamATan2 (with EMA), zero_grad.
 Synthetic packed batches: sample lengths lognormal (median 300) clipped to the 4096 context, the
 prefix/response split uniform, packed greedily into `--tokens` slots per GPU (random tokens, labels
 on the response). `--shape full` packs `tokens/4096` full-length samples instead.
@@ -49,7 +49,7 @@ from bench import attention_check as check  # noqa: E402  (its timing and correc
 from models import attention as attn_lib  # noqa: E402
 from models.flops import executed_flops_per_token  # noqa: E402
 from models.layers import Block, PackedContext  # noqa: E402
-from models.lm_head import IGNORE_LABEL, loss_and_metrics, sample_ids_from_cu_seqlens  # noqa: E402
+from models.lm_head import IGNORE_LABEL, sample_ids_from_cu_seqlens  # noqa: E402
 from models.model import LanguageModel, model_vocab_size  # noqa: E402
 from models.optimizer import AdamATan2, _local  # noqa: E402
 from training.config import compose  # noqa: E402
@@ -193,11 +193,10 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str)
         layout = attn_lib.build_layout(batch["cu_seqlens"], batch["prefix_lens"], total_len=tokens,
                                        max_seqlen=context, backend=backend, attn_type=arch.attn_type)
         normalizer = all_reduce_sum(torch.tensor(float(stats["num_label_tokens"]), device=device)) / d.world_size
-        logits = model(batch["inputs"][None].long(), batch["position_ids"][None].long(), PackedContext(layout), bp)[0]
         sample_ids = sample_ids_from_cu_seqlens(batch["cu_seqlens"], tokens)
-        loss_sum, metrics = loss_and_metrics(logits, batch["labels"], sample_ids, max_samples)
+        loss_sum, metrics = model(batch["inputs"][None].long(), batch["position_ids"][None].long(), PackedContext(layout),
+                                  bp, labels=batch["labels"], sample_ids=sample_ids, num_samples=max_samples)
         (loss_sum / normalizer.clamp(min=1.0)).backward()
-        del logits
         torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -7,6 +7,7 @@ the global mean loss. Metrics are (sum, count) pairs so they can be reduced acro
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from dataset_new import IGNORE_LABEL  # the packing format's ignore label (its one home)
 
@@ -18,18 +19,40 @@ def sample_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total_len: int) -> torc
     return torch.searchsorted(cu_seqlens, positions, right=True) - 1
 
 
-def loss_and_metrics(logits: torch.Tensor, labels: torch.Tensor, sample_ids: torch.Tensor, num_samples: int):
-    """logits [N, V], labels [N] (IGNORE_LABEL where not trained), sample_ids [N] in [0, num_samples].
+def _chunk_loss(head, hidden: torch.Tensor, labels: torch.Tensor):
+    """Summed fp32 cross-entropy of one chunk, and which of its tokens the argmax gets right."""
+    logits = head(hidden)
+    loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL, reduction="sum")
+    return loss_sum, logits.detach().argmax(-1) == labels
 
-    Returns (loss_sum, metrics) with metrics[name] = (sum, count), all fp32 and detached:
-    `loss` (summed cross-entropy, valid tokens), `token_accuracy` (right argmax, valid tokens),
-    `exact_accuracy` (samples whose every valid token is right, samples with any valid token).
+
+def loss_and_metrics(head, hidden: torch.Tensor, labels: torch.Tensor, sample_ids: torch.Tensor,
+                     num_samples: int, chunk_size: int = 4096):
+    """hidden [N, D] -> head -> logits [N, V]; labels [N] (IGNORE_LABEL where not trained),
+    sample_ids [N] in [0, num_samples].
+
+    Computed `chunk_size` rows at a time, each chunk under activation checkpointing when training,
+    so at most one chunk's logits (and their fp32 copy) are alive: the [N, V] logits of a 16k-token
+    batch would otherwise cost several GB. Returns (loss_sum, metrics) with metrics[name] =
+    (sum, count), fp32 and detached: `loss` (summed cross-entropy, valid tokens), `token_accuracy`
+    (right argmax, valid tokens), `exact_accuracy` (samples whose every valid token is right,
+    samples with any valid token).
     """
     valid = labels != IGNORE_LABEL
-    loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL, reduction="sum")
+    training = torch.is_grad_enabled() and hidden.requires_grad
+    losses, corrects = [], []
+    for start in range(0, hidden.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        if training:
+            loss, correct = checkpoint(_chunk_loss, head, hidden[rows], labels[rows], use_reentrant=False)
+        else:
+            loss, correct = _chunk_loss(head, hidden[rows], labels[rows])
+        losses.append(loss)
+        corrects.append(correct)
+    loss_sum = torch.stack(losses).sum()
     with torch.no_grad():
-        correct = (logits.argmax(-1) == labels) & valid
-        per_sample = torch.zeros(num_samples + 1, dtype=torch.float32, device=logits.device)
+        correct = torch.cat(corrects) & valid
+        per_sample = torch.zeros(num_samples + 1, dtype=torch.float32, device=hidden.device)
         wrong = per_sample.index_add(0, sample_ids, (valid & ~correct).float())
         has_labels = per_sample.index_add(0, sample_ids, valid.float()) > 0
         n_valid = valid.sum().float()

@@ -7,6 +7,7 @@ from torch import nn
 
 from models.config import ArchConfig, round_up
 from models.layers import AttentionContext, StaticKVCache, trunc_normal_
+from models.lm_head import loss_and_metrics
 from models.nets import build_net
 
 
@@ -34,11 +35,16 @@ class LanguageModel(nn.Module):
         self.net.init_weights()
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, ctx: AttentionContext,
-                bp_steps: int | None = None) -> torch.Tensor:
-        """input_ids/position_ids [B, T] -> logits [B, T, V]. bp_steps defaults to bp_max_steps."""
+                bp_steps: int | None = None, labels: torch.Tensor | None = None,
+                sample_ids: torch.Tensor | None = None, num_samples: int = 0):
+        """input_ids/position_ids [B, T] -> logits [B, T, V]; bp_steps defaults to bp_max_steps.
+        With labels (and sample_ids, num_samples; see models/lm_head.py): (loss_sum, metrics)
+        instead, computed in chunks so the full logits never exist."""
         x = self.embed_tokens(input_ids) * self.embedding_scale
         z = self.net(x, position_ids, ctx, self.arch.bp_max_steps if bp_steps is None else bp_steps)
-        return self.lm_head(z)
+        if labels is None:
+            return self.lm_head(z)
+        return loss_and_metrics(self.lm_head, z.flatten(0, 1), labels.flatten(), sample_ids.flatten(), num_samples)
 
     def new_kv_cache(self, batch_size: int, max_len: int, dtype=None, device=None) -> StaticKVCache:
         ref = self.lm_head.weight

@@ -197,7 +197,7 @@ def test_loss_matches_float64_recomputation():
     labels = torch.randint(0, V, (N,), generator=g)
     labels[[0, 1, 5, 9, 12, 13]] = IGNORE_LABEL  # prompts and padding carry no label
     sample_ids = sample_ids_from_cu_seqlens(cu, N)
-    loss_sum, metrics = loss_and_metrics(logits, labels, sample_ids, num_samples=4)
+    loss_sum, metrics = loss_and_metrics(lambda h: h, logits, labels, sample_ids, num_samples=4, chunk_size=3)
 
     expected = 0.0
     count = 0
@@ -211,13 +211,28 @@ def test_loss_matches_float64_recomputation():
     assert abs(metrics["loss"][0].item() / count - expected / count) < 1e-5
 
 
+def test_chunked_loss_gradients_match_full_logits_in_float64():
+    """Chunks under activation checkpointing give the gradients of the plain full-logits loss."""
+    g = torch.Generator().manual_seed(5)
+    head = torch.nn.Linear(6, 13, bias=False)
+    hidden = torch.randn(10, 6, generator=g, requires_grad=True)
+    labels = torch.randint(0, 13, (10,), generator=g)
+    labels[[0, 4]] = IGNORE_LABEL
+    loss_sum, _ = loss_and_metrics(head, hidden, labels, torch.zeros(10, dtype=torch.long), 1, chunk_size=4)
+    loss_sum.backward()
+    h64, w64 = hidden.detach().double().requires_grad_(), head.weight.detach().double().requires_grad_()
+    torch.nn.functional.cross_entropy(h64 @ w64.T, labels, ignore_index=IGNORE_LABEL, reduction="sum").backward()
+    torch.testing.assert_close(hidden.grad.double(), h64.grad, atol=1e-5, rtol=0)
+    torch.testing.assert_close(head.weight.grad.double(), w64.grad, atol=1e-5, rtol=0)
+
+
 def test_exact_accuracy_needs_every_valid_token_right():
     V = 5
     labels = torch.tensor([IGNORE_LABEL, 1, 2, IGNORE_LABEL, 3, 4, IGNORE_LABEL, 0, IGNORE_LABEL])
     predicted = torch.tensor([0, 1, 2, 0, 3, 0, 4, 0, 2])  # sample 0 all right, sample 1 one wrong, sample 2 right
     logits = torch.nn.functional.one_hot(predicted, V).float()
     cu = torch.tensor([0, 3, 6, 8, 8], dtype=torch.int32)  # tail token 8 is padding
-    _, metrics = loss_and_metrics(logits, labels, sample_ids_from_cu_seqlens(cu, 9), num_samples=4)
+    _, metrics = loss_and_metrics(lambda h: h, logits, labels, sample_ids_from_cu_seqlens(cu, 9), num_samples=4, chunk_size=2)
     assert [x.item() for x in metrics["exact_accuracy"]] == [2.0, 3.0]
     assert [x.item() for x in metrics["token_accuracy"]] == [4.0, 5.0]
 
