@@ -28,12 +28,13 @@ TOLERANCE = 1e-2
 EDGE = [(1, 1), (1, 40), (40, 1)]  # prefix length 1, response length 1
 
 
-def random_samples(rng, budget):
-    """(prefix, response) lengths: total length lognormal (median 300, clipped to [2, 4096]),
-    prefix a random fraction of it, packed greedily below `budget` (10 misses end the batch)."""
+def random_samples(rng, budget, context=MAX_SEQLEN, max_samples=None, median=300.0):
+    """(prefix, response) lengths: total length lognormal (median `median`, clipped to [2, context]),
+    prefix a random fraction of it, packed greedily below `budget` (10 misses or `max_samples`
+    samples end the batch). Also the length mix of bench/train_throughput.py."""
     samples, used, misses = [], 0, 0
-    while misses < 10:
-        n = int(np.clip(rng.lognormal(math.log(300), 1.0), 2, MAX_SEQLEN))
+    while misses < 10 and (max_samples is None or len(samples) < max_samples):
+        n = int(np.clip(rng.lognormal(math.log(median), 1.0), 2, context))
         if used + n >= budget:
             misses += 1
             continue

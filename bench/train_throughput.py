@@ -32,7 +32,6 @@ gradients accumulated, one optimizer step per packed batch.
 import argparse
 import datetime
 import gc
-import math
 import os
 import sys
 import time
@@ -67,21 +66,6 @@ def log(*args):
 
 # ----------------------------------------------------------------------------------------------
 # Synthetic packed batches
-
-
-def mix_lengths(rng, budget: int, context: int, max_samples: int, median: float = 300.0):
-    """(prefix, response) token counts of one packed batch: total lognormal (median `median`),
-    clipped to [2, context], prefix a uniform fraction; packed greedily below `budget`."""
-    samples, used, misses = [], 0, 0
-    while misses < 10 and len(samples) < max_samples:
-        n = int(np.clip(rng.lognormal(math.log(median), 1.0), 2, context))
-        if used + n > budget:
-            misses += 1
-            continue
-        p = int(np.clip(round(rng.uniform(0.05, 0.95) * n), 1, n - 1))
-        samples.append((p, n - p))
-        used += n
-    return samples
 
 
 def full_lengths(rng, budget: int, context: int):
@@ -167,7 +151,7 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str)
     batches = []
     for _ in range(args.distinct_batches):
         samples = (full_lengths(rng, tokens, context) if shape == "full"
-                   else mix_lengths(rng, tokens, context, max_samples))
+                   else check.random_samples(rng, tokens, context, max_samples))
         batches.append(make_batch(samples, tokens, max_samples, vocab, rng))
 
     torch.manual_seed(0)
@@ -301,7 +285,7 @@ def run_peer(args, d, arch, shape: str, tokens: int):
     plans = []
     for _ in range(args.distinct_batches):
         samples = (full_lengths(rng, tokens, context) if shape == "full"
-                   else mix_lengths(rng, tokens, context, max(8, tokens // 16)))
+                   else check.random_samples(rng, tokens, context, max(8, tokens // 16)))
         plans.append((sum(p + c for p, c in samples), [tensors(g) for g in micro_batches(samples)]))
 
     def step(i):
