@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from data_io import DataError
-from dataset_new import PackedDataset
+from dataset_new import IGNORE_LABEL, PackedDataset
 from models import attention as attn_lib
 from models.flops import executed_flops_per_token
 from models.layers import PackedContext
@@ -145,6 +145,14 @@ class StopRequest:
         return all_reduce_sum(flag).item() > 0
 
 
+def loss_normalizer(labels: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The all-ranks mean of valid-label counts (at least 1), which the summed loss is divided by.
+    Counted on the device: a host number copied in would be a blocking copy, stalling the CPU
+    until the GPU has drained every step."""
+    valid = (labels != IGNORE_LABEL).sum(dtype=torch.float32)
+    return (all_reduce_sum(valid) / world_size).clamp(min=1.0)
+
+
 def train_step(model, batch, layout, bp_steps, normalizer, num_samples):
     inputs = batch["inputs"]
     sample_ids = sample_ids_from_cu_seqlens(batch["cu_seqlens"], inputs.shape[0])
@@ -190,16 +198,17 @@ def run(cfg: TrainConfig, d: Dist) -> None:
     model.init_weights()
     n_params = sum(p.numel() for p in model.parameters())
     shard_model(model, compute_dtype(cfg, d.device))
-    if cfg.compile is True or (cfg.compile == "auto" and d.device.type == "cuda"):
-        compile_blocks(model)
+    compiled = cfg.compile is True or (cfg.compile == "auto" and d.device.type == "cuda")
+    if compiled:
+        compile_blocks(model, activation_memory_budget=cfg.activation_memory_budget)
     optimizer = AdamATan2(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                          weight_decay=cfg.weight_decay, ema_rate=cfg.ema_rate)
+                          weight_decay=cfg.weight_decay, ema_rate=cfg.ema_rate, compile=compiled)
 
     step = 0
     if resume_dir is not None and cfg.weights_only_resume_from_ema:
         ckpt.load_ema_weights(resume_ckpt, model, optimizer)
         optimizer = AdamATan2(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                              weight_decay=cfg.weight_decay, ema_rate=cfg.ema_rate)
+                              weight_decay=cfg.weight_decay, ema_rate=cfg.ema_rate, compile=compiled)
         if d.is_main:
             print(f"SFT: starting from the EMA weights of {resume_ckpt} with a fresh optimizer", flush=True)
     elif resume_dir is not None:
@@ -271,8 +280,8 @@ def run(cfg: TrainConfig, d: Dist) -> None:
             group["lr"] = lr
         layout = attn_lib.build_layout(batch["cu_seqlens"], batch["prefix_lens"], total_len=batch_max_length,
                                        max_seqlen=context_len, backend=backend, attn_type=cfg.arch.attn_type)
-        normalizer = all_reduce_sum(torch.tensor(float(stats["num_label_tokens"]), device=d.device)) / d.world_size
-        metrics = train_step(model, batch, layout, bp_steps, normalizer.clamp(min=1.0), dataset.max_samples_per_batch)
+        normalizer = loss_normalizer(batch["labels"], d.world_size)
+        metrics = train_step(model, batch, layout, bp_steps, normalizer, dataset.max_samples_per_batch)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

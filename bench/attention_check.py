@@ -2,11 +2,13 @@
 reference and forward+backward time, on random packed batches shaped like real training batches.
 
     python3 bench/attention_check.py
+    python3 bench/attention_check.py --flex-sweep   # flex kernel options, timed and checked
 
 Needs only torch (and numpy); loads models/attention.py by path so that nothing else of the repo
 (hydra, pydantic, ...) has to be installed. Prints a table; see bench/attention_check.txt.
 """
 
+import argparse
 import datetime
 import importlib.util
 import math
@@ -86,6 +88,10 @@ def median_ms(fn, iters=20, warmup=3):
     return float(np.median(times))
 
 
+def relative_errors(got, ref) -> list[float]:
+    return [((x.float() - r).norm() / r.norm()).item() for x, r in zip(got, ref)]
+
+
 def check_batch(name, samples, total_len, backends, device, timing):
     cu, prefix = make_batch(samples, total_len, device)
     lens = [p + c for p, c in samples]
@@ -109,7 +115,7 @@ def check_batch(name, samples, total_len, backends, device, timing):
         for backend in backends:
             leaves = [x.clone().requires_grad_() for x in (q, k, v)]
             got = fwd_bwd(backend, *leaves, grad_out, cu, prefix, attn_type)
-            errs = [((x.float() - r).norm() / r.norm()).item() for x, r in zip(got, ref)]
+            errs = relative_errors(got, ref)
             ok = all(e < TOLERANCE for e in errs) and all(torch.isfinite(x).all().item() for x in got)
             tail_zero = all((x[tail] == 0).all().item() for x in got)
             row = f"{backend:8} " + " ".join(f"{e:9.2e}" for e in errs) + f"  {'PASS' if ok else 'FAIL':4} {str(tail_zero):6}"
@@ -126,7 +132,60 @@ def check_batch(name, samples, total_len, backends, device, timing):
             print(row, flush=True)
 
 
+# Candidate flex_attention kernel options (fwd_/bwd_ prefixes apply to one pass). torch's H100
+# defaults for bf16, head_dim 128: forward BLOCK_M 128, BLOCK_N 64, 3 stages, 8 warps; backward
+# BLOCK_M1 64, BLOCK_N1 128, BLOCK_M2 128, BLOCK_N2 64, 3 stages, 8 warps.
+FLEX_CANDIDATES = {
+    "default": {},
+    "tma": {"USE_TMA": True},
+    "rows-safe": {"ROWS_GUARANTEED_SAFE": True},
+    "fwd 128x128 s2 w8": {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 128, "fwd_num_stages": 2, "fwd_num_warps": 8},
+    "fwd 128x64 s4 w8": {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 64, "fwd_num_stages": 4, "fwd_num_warps": 8},
+    "fwd 64x128 s3 w4": {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 128, "fwd_num_stages": 3, "fwd_num_warps": 4},
+    "bwd 64/64 s3 w4": {"bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 64,
+                        "bwd_num_stages": 3, "bwd_num_warps": 4},
+    "bwd 64/128 s2 w8": {"bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 128, "bwd_BLOCK_M2": 128, "bwd_BLOCK_N2": 64,
+                         "bwd_num_stages": 2, "bwd_num_warps": 8},
+    "bwd 32/128 s3 w4": {"bwd_BLOCK_M1": 32, "bwd_BLOCK_N1": 128, "bwd_BLOCK_M2": 128, "bwd_BLOCK_N2": 32,
+                         "bwd_num_stages": 3, "bwd_num_warps": 4},
+}
+
+
+def flex_sweep(name, samples, total_len, device, candidates=FLEX_CANDIDATES):
+    """Forward (no grad, as the recurrence's no-grad calls) and forward+backward time of flex under
+    each candidate's kernel options, with its error against the fp32 sdpa reference."""
+    import json
+
+    cu, prefix = make_batch(samples, total_len, device)
+    print(f"\n== flex kernel options, {name}: L={total_len} H={HEADS} D={HEAD_DIM}, {len(samples)} samples, prefixlm")
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k, v, grad_out = (torch.randn(total_len, HEADS, HEAD_DIM, device=device, generator=g).bfloat16() for _ in range(4))
+    ref = fwd_bwd("sdpa", *(x.float().requires_grad_() for x in (q, k, v)), grad_out.float(), cu, prefix, "prefixlm")
+    layout = A.build_layout(cu, prefix, total_len, MAX_SEQLEN, "flex", "prefixlm")
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    q4, k4, v4 = (x.transpose(0, 1)[None] for x in leaves)
+    print(f"{'candidate':20} {'max rel err':>11} {'ok':4} {'fwd ms':>7} {'fwd+bwd ms':>10}  options")
+    for cand, options in candidates.items():
+        torch._dynamo.reset()
+        A._compiled.clear()
+        try:
+            out = A._only_rows(layout.token_valid, A._flex(q4, k4, v4, layout.block_mask, options)[0].transpose(0, 1))
+            got = (out.detach(), *torch.autograd.grad(out, leaves, grad_out))
+            err = max(relative_errors(got, ref))
+            with torch.no_grad():
+                fwd_ms = median_ms(lambda: A._flex(q4, k4, v4, layout.block_mask, options))
+            both_ms = median_ms(lambda: torch.autograd.grad(A._flex(q4, k4, v4, layout.block_mask, options), leaves,
+                                                            grad_out.transpose(0, 1)[None]))
+            print(f"{cand:20} {err:11.2e} {'PASS' if err < TOLERANCE else 'FAIL':4} {fwd_ms:7.3f} {both_ms:10.3f}  "
+                  f"{json.dumps(options)}", flush=True)
+        except Exception as exc:  # a config the GPU cannot run (shared memory, registers)
+            print(f"{cand:20} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", flush=True)
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--flex-sweep", action="store_true", help="time flex kernel options instead of the backends")
+    args = parser.parse_args()
     device = torch.device("cuda")
     print(f"command: python3 {' '.join(sys.argv)}")
     print(f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
@@ -138,6 +197,11 @@ def main():
     print(f"auto -> {A.resolve_backend('auto', device)}")
 
     rng = np.random.default_rng(0)
+    if args.flex_sweep:
+        full = [(int(p), MAX_SEQLEN - int(p)) for p in rng.integers(MAX_SEQLEN // 8, MAX_SEQLEN * 7 // 8, 2)]
+        flex_sweep("2 full-length samples", full, 2 * MAX_SEQLEN, device)
+        flex_sweep("realistic mix", random_samples(rng, 16384 - 64), 16384, device)
+        return
     realistic = EDGE + random_samples(rng, 16384 - sum(p + c for p, c in EDGE) - 64)
     check_batch("realistic", realistic, 16384, backends, device, timing=True)
     # Samples the loader should drop (no prefix, no response) must still not break the kernels.

@@ -14,9 +14,9 @@ on the response). `--shape full` packs `tokens/4096` full-length samples instead
 
 Variants (before/after of the changes measured here):
   before  reshard_after_forward=True (FSDP2's default), block.compile() with default settings,
-          a per-parameter AdamATan2 step (the optimizer as it was)
+          the eager AdamATan2 step (one tensor at a time, ~10 passes over memory)
   after   reshard_after_forward=False, training.parallel.compile_blocks (dynamic=False),
-          the foreach AdamATan2 step (models/optimizer.py)
+          the compiled AdamATan2 step (one fused kernel per tensor; models/optimizer.py)
 MFU counts executed FLOPs (models/flops.py: no-grad recurrence calls 1x, grad calls 3x, attention
 as over half the 4096 context) against the datasheet peak (989.5 TFLOP/s dense bf16 for H100/H200)
 and against a bf16 8192^3 matmul measured in the same run. `attn-actual` recounts the attention
@@ -47,12 +47,13 @@ sys.path.insert(0, str(ROOT))
 from bench import attention_check as check  # noqa: E402  (its timing and correctness helpers)
 from models import attention as attn_lib  # noqa: E402
 from models.flops import executed_flops_per_token  # noqa: E402
-from models.layers import Block, PackedContext  # noqa: E402
-from models.lm_head import IGNORE_LABEL, sample_ids_from_cu_seqlens  # noqa: E402
+from models.layers import Block  # noqa: E402
+from models.lm_head import IGNORE_LABEL  # noqa: E402
 from models.model import LanguageModel, model_vocab_size  # noqa: E402
-from models.optimizer import AdamATan2, _local  # noqa: E402
+from models.optimizer import AdamATan2  # noqa: E402
+from pretrain import loss_normalizer, train_step  # noqa: E402
 from training.config import compose  # noqa: E402
-from training.distributed import all_reduce_sum, init_distributed  # noqa: E402
+from training.distributed import init_distributed  # noqa: E402
 from training.parallel import compile_blocks, shard_model  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.5, "H200": 989.5, "H800": 989.5, "A100": 312.0}
@@ -96,6 +97,8 @@ def make_batch(samples, total_len: int, max_samples: int, vocab: int, rng):
     batch = {"inputs": torch.from_numpy(inputs), "labels": torch.from_numpy(labels),
              "position_ids": torch.from_numpy(position_ids), "cu_seqlens": torch.from_numpy(cu),
              "prefix_lens": torch.from_numpy(prefix)}
+    if torch.cuda.is_available():  # as PackedDataset does: pinned, so the copies do not block the host
+        batch = {k: v.pin_memory() for k, v in batch.items()}
     pairs = sum(p * p + c * p + c * (c + 1) / 2 for p, c in samples)
     stats = {"num_tokens": pos, "num_label_tokens": int((labels != IGNORE_LABEL).sum()), "samples": samples,
              "attn_pairs": pairs}
@@ -113,35 +116,13 @@ def matmul_tflops(device) -> float:
     return 2 * n ** 3 / ms / 1e9
 
 
-class PerParamAdamATan2(AdamATan2):
-    """The optimizer step as it was before the foreach rewrite (same math), for `before`."""
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            lr, (b1, b2), wd, ema_rate = group["lr"], group["betas"], group["weight_decay"], group["ema_rate"]
-            for p in group["params"]:
-                state = self._state(p)
-                param = _local(p)
-                if p.grad is not None:
-                    state["step"] += 1
-                    t = state["step"].item()
-                    grad, m, v = _local(p.grad), _local(state["exp_avg"]), _local(state["exp_avg_sq"])
-                    m.lerp_(grad, 1 - b1)
-                    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                    param.mul_(1 - lr * wd)
-                    param.add_(torch.atan2(m / (1 - b1 ** t), (v / (1 - b2 ** t)).sqrt()), alpha=-lr)
-                if ema_rate is not None:
-                    _local(state["ema"]).lerp_(param, 1 - ema_rate)
-
-
 def dynamo_frames() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["frames"]["ok"])
 
 
-def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str):
+def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str, memory_budget: float):
     """Time our training step; returns a result row (dict)."""
     device = d.device
     vocab = model_vocab_size(TOKENIZER_VOCAB if not args.cpu else 500)
@@ -162,13 +143,14 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str)
     shard_model(model, dtype, reshard_after_forward=before)
     if not args.cpu:
         if before:
+            torch._functorch.config.activation_memory_budget = 1.0  # compile_blocks sets it process-wide
             for block in model.modules():
                 if isinstance(block, Block):
                     block.compile()
         else:
-            compile_blocks(model, fullgraph=args.fullgraph)
-    opt_cls = PerParamAdamATan2 if before else AdamATan2
-    optimizer = opt_cls(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, ema_rate=0.9999)
+            compile_blocks(model, fullgraph=args.fullgraph, activation_memory_budget=memory_budget)
+    optimizer = AdamATan2(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, ema_rate=0.9999,
+                          compile=not before and not args.cpu)
     bp = arch.bp_max_steps
 
     def step(i):
@@ -176,11 +158,7 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         layout = attn_lib.build_layout(batch["cu_seqlens"], batch["prefix_lens"], total_len=tokens,
                                        max_seqlen=context, backend=backend, attn_type=arch.attn_type)
-        normalizer = all_reduce_sum(torch.tensor(float(stats["num_label_tokens"]), device=device)) / d.world_size
-        sample_ids = sample_ids_from_cu_seqlens(batch["cu_seqlens"], tokens)
-        loss_sum, metrics = model(batch["inputs"][None].long(), batch["position_ids"][None].long(), PackedContext(layout),
-                                  bp, labels=batch["labels"], sample_ids=sample_ids, num_samples=max_samples)
-        (loss_sum / normalizer.clamp(min=1.0)).backward()
+        metrics = train_step(model, batch, layout, bp, loss_normalizer(batch["labels"], d.world_size), max_samples)
         torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -202,6 +180,8 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str)
     sync(device)
     elapsed = time.perf_counter() - t0
     recompiles = dynamo_frames() - frames_warm
+    if args.profile and device.type == "cuda":
+        profile_steps(step, args.warmup + args.steps, 2, device)
     real_tokens = sum(batches[i % len(batches)][1]["num_tokens"] for i in range(args.warmup, args.warmup + args.steps))
     pairs = sum(batches[i % len(batches)][1]["attn_pairs"] for i in range(args.warmup, args.warmup + args.steps))
     tok_s = real_tokens / elapsed
@@ -210,6 +190,8 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str)
     # attention term recounted from the real pairs: it scales with pairs / (tokens * context / 2)
     fpt_actual = fpt - attn_per_token + attn_per_token * pairs / (real_tokens * context / 2)
     loss_values = [(t[0] / t[1]).item() for t in losses]
+    if memory_budget < 1 and not before:
+        variant = f"{variant}@{memory_budget:g}"
     row = {"model": f"{arch.net}:{args.size_of[arch.net]}", "variant": variant, "shape": shape, "tokens": tokens,
            "backend": backend, "tok_s": tok_s, "tflops": tok_s * fpt / 1e12, "tflops_actual": tok_s * fpt_actual / 1e12,
            "step_ms": elapsed / args.steps * 1e3, "peak_gib": peak_gib(device), "warm_s": warm_s,
@@ -218,6 +200,58 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str)
     del model, optimizer, batches
     free(device)
     return row
+
+
+# Kernel groups of the --profile table: the first pattern that matches a kernel's name wins.
+KERNEL_GROUPS = (
+    ("attention bwd", r"flex_attention_backward|flash_bwd|fmha.*bwd|attention_backward"),
+    ("attention fwd", r"flex_attention|flash_fwd|fmha|attention"),
+    ("matmul", r"gemm|nvjet|cutlass|xmma|cublas|sm90_"),
+    ("nccl", r"nccl"),
+    ("compiled fused (triton)", r"^triton_"),
+    ("foreach (optimizer, clip)", r"multi_tensor|foreach"),
+    ("copies / memset", r"[Mm]emcpy|[Mm]emset|copy"),
+    ("eager elementwise / reduce", r""),
+)
+
+
+def profile_steps(step, first: int, n: int, device) -> None:
+    """Profile n steps and print where the GPU time goes: per kernel group, the top kernels, and
+    how much of the wall time the GPU was idle (launch-bound or waiting on the host)."""
+    import re
+
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    sync(device)
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for i in range(first, first + n):
+            step(i)
+        sync(device)
+    wall_us = (time.perf_counter() - t0) * 1e6
+    kernels = [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
+               if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    busy, end = 0.0, -1.0
+    for _, start, stop in sorted(kernels, key=lambda k: k[1]):
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    by_group: dict[str, float] = {}
+    by_name: dict[str, list] = {}
+    for name, start, stop in kernels:
+        group = next(g for g, pattern in KERNEL_GROUPS if re.search(pattern, name))
+        by_group[group] = by_group.get(group, 0.0) + stop - start
+        entry = by_name.setdefault(name, [0.0, 0])
+        entry[0] += stop - start
+        entry[1] += 1
+    total = sum(by_group.values())
+    log(f"profile: {n} steps, wall {wall_us / n / 1e3:.1f} ms/step, GPU busy {busy / n / 1e3:.1f} ms/step "
+        f"({busy / wall_us:.1%}), kernel time {total / n / 1e3:.1f} ms/step")
+    for group, us in sorted(by_group.items(), key=lambda kv: -kv[1]):
+        log(f"  {group:28} {us / n / 1e3:8.1f} ms/step {us / total:6.1%}")
+    log("  top kernels (ms/step, calls/step):")
+    for name, (us, count) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:25]:
+        log(f"    {us / n / 1e3:7.2f} {count // n:5d}  {name[:110]}")
 
 
 def sync(device):
@@ -363,6 +397,9 @@ def main() -> None:
     parser.add_argument("--peer-steps", type=int, default=4)
     parser.add_argument("--peer-warmup", type=int, default=1)
     parser.add_argument("--no-attention", action="store_true", help="skip the attention backend table")
+    parser.add_argument("--memory-budget", type=float, default=None,
+                        help="activation_memory_budget of compile_blocks (default: cfg_pretrain's)")
+    parser.add_argument("--profile", action="store_true", help="after timing, profile 2 steps: GPU time per kernel group")
     parser.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (smoke test, no compile)")
     args = parser.parse_args()
     if args.cpu:
@@ -398,7 +435,8 @@ def main() -> None:
                 tokens = args.tokens if shape == "mix" else args.full_tokens
                 for variant in args.variants.split(","):
                     try:
-                        row = run_ours(args, d, arch, variant, shape, tokens, backend)
+                        budget = cfg.activation_memory_budget if args.memory_budget is None else args.memory_budget
+                        row = run_ours(args, d, arch, variant, shape, tokens, backend, budget)
                     except torch.OutOfMemoryError:
                         row = {"model": f"{net}:{size}", "variant": variant, "shape": shape, "tokens": tokens,
                                 "backend": backend, "oom": True}

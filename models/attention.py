@@ -221,11 +221,7 @@ def build_layout(
     elif backend == "sdpa":
         layout.dense_mask = _may_attend(seg[:, None], seg[None, :], prefix_end[:, None], tokens[:, None], tokens[None, :])
     elif backend == "flex":
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return _may_attend(seg[q_idx], seg[kv_idx], prefix_end[q_idx], q_idx, kv_idx)
-
-        layout.block_mask = create_block_mask(mask_mod, None, None, total_len, total_len, device=device)
+        layout.block_mask = _block_mask_builder(device)(seg, prefix_end, total_len)
     else:
         layout.cu_seqlens = cu_seqlens.to(torch.int32)
         if attn_type == "prefixlm":
@@ -253,17 +249,35 @@ def _fa3_varlen(q, k, v, cu_q, cu_k, max_len, causal):
 # Both take q [Tq, H, D], k/v [Tk, H, D] and return [Tq, H, D]; causal is bottom-right aligned.
 _VARLEN_KERNELS = {"varlen": _torch_varlen, "fa3": _fa3_varlen}
 
-_compiled_flex = None
+def _flex_block_mask(seg, prefix_end, total_len: int) -> BlockMask:
+    def mask_mod(b, h, q_idx, kv_idx):
+        return _may_attend(seg[q_idx], seg[kv_idx], prefix_end[q_idx], q_idx, kv_idx)
+
+    return create_block_mask(mask_mod, None, None, total_len, total_len, device=seg.device)
 
 
-def _flex(q, k, v, block_mask):
-    global _compiled_flex
+_compiled = {}
+
+
+def _block_mask_builder(device: torch.device):
+    """_flex_block_mask, compiled on CUDA: one fused pass over the L x L mask instead of a few
+    eager kernels per chunk (several ms per step at 16k tokens otherwise)."""
+    if device.type != "cuda":
+        return _flex_block_mask
+    if "block_mask" not in _compiled:
+        _compiled["block_mask"] = torch.compile(_flex_block_mask, dynamic=False)
+    return _compiled["block_mask"]
+
+
+def _flex(q, k, v, block_mask, kernel_options=None):
+    """kernel_options: flex_attention's tuning knobs. torch's H100 defaults were the fastest on our
+    batches (`bench/attention_check.py --flex-sweep`), so training passes none."""
     if q.device.type != "cuda":
         return flex_attention(q, k, v, block_mask=block_mask)  # unfused; forward only off CUDA
-    if _compiled_flex is None:
+    if "flex" not in _compiled:
         # flex_attention is only fused (and memory-efficient) when compiled.
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex(q, k, v, block_mask=block_mask)
+        _compiled["flex"] = torch.compile(flex_attention, dynamic=False)
+    return _compiled["flex"](q, k, v, block_mask=block_mask, kernel_options=kernel_options)
 
 
 def _only_rows(rows_valid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

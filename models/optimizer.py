@@ -18,12 +18,43 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def adam_atan2_update_(params, grads, exp_avgs, exp_avg_sqs, emas, lr: float, weight_decay: float, beta1: float,
+                       beta2: float, bias_correction1: float, bias_correction2: float, ema_rate: float) -> None:
+    """The update of the module docstring, in place, for lists of tensors that share a step count;
+    then the EMA of the new weights (`emas` empty: no EMA)."""
+    for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        p.mul_(1 - lr * weight_decay).add_(torch.atan2(m / bias_correction1, (v / bias_correction2).sqrt()), alpha=-lr)
+        if emas:
+            emas[i].lerp_(p, 1 - ema_rate)
+
+
+_compiled_update = None
+
+
+def _fused_update():
+    """adam_atan2_update_ compiled: one kernel per tensor that reads p, g, m, v (and the EMA) once
+    and writes them once, where the eager form makes ~10 passes over memory, and one call for all
+    tensors (a compiled call per tensor costs more host time than its kernel). The scalars are
+    traced as symbols (lr and the bias corrections change every step), so it compiles twice at
+    the start and never again."""
+    global _compiled_update
+    if _compiled_update is None:
+        _compiled_update = torch._dynamo.config.patch(specialize_float=False)(torch.compile(adam_atan2_update_))
+    return _compiled_update
+
+
 class AdamATan2(torch.optim.Optimizer):
+    """`compile=True` runs the update through torch.compile (one fused kernel per tensor,
+    bench/RESULTS.md); otherwise the same function runs eagerly."""
+
     def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.95), weight_decay: float = 0.1,
-                 ema_rate: float | None = None):
+                 ema_rate: float | None = None, compile: bool = False):
         if lr < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"invalid AdamATan2 hyperparameters lr={lr} betas={betas} weight_decay={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, ema_rate=ema_rate))
+        self.compile = compile
 
     def _state(self, p: torch.Tensor) -> dict:
         state = self.state[p]
@@ -37,46 +68,32 @@ class AdamATan2(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """One update of every parameter with a gradient (and the EMA of every parameter).
-
-        Batched with torch._foreach_* kernels over the parameters of a group that share a step
-        count (usually all of them): a handful of launches per group instead of ~8 per parameter,
-        the same elementwise math as the per-parameter form written in the module docstring.
-        The step counters stay CPU tensors, so the update needs no host-device sync."""
+        """One update of every parameter with a gradient (grouped by step count: HRM's warmup
+        leaves the embedding without gradient at first), and the EMA of every parameter. Tensors
+        are the local shards of FSDP2 parameters. The step counters stay CPU tensors, so the
+        update needs no host-device sync."""
         assert closure is None, "AdamATan2 does not take a closure"
+        update = _fused_update() if self.compile else adam_atan2_update_
         for group in self.param_groups:
             lr, (b1, b2), wd, ema_rate = group["lr"], group["betas"], group["weight_decay"], group["ema_rate"]
             by_step: dict[float, list] = {}
-            emas, ema_params = [], []
             for p in group["params"]:
-                # State exists for every parameter, trained this step or not (HRM's warmup leaves
-                # the embedding without gradient at first), so checkpoints always have all keys.
+                # State exists for every parameter, trained this step or not, so checkpoints
+                # always have all keys.
                 state = self._state(p)
-                param = _local(p)
-                if p.grad is not None:
-                    state["step"] += 1
-                    t = state["step"].item()  # a CPU tensor: no device sync
-                    by_step.setdefault(t, []).append(
-                        (param, _local(p.grad), _local(state["exp_avg"]), _local(state["exp_avg_sq"])))
-                if ema_rate is not None:
-                    emas.append(_local(state["ema"]))
-                    ema_params.append(param)
+                ema = [_local(state["ema"])] if ema_rate is not None else []
+                if p.grad is None:
+                    for e in ema:
+                        e.lerp_(_local(p), 1 - ema_rate)
+                    continue
+                state["step"] += 1
+                t = state["step"].item()  # a CPU tensor: no device sync
+                by_step.setdefault(t, []).append(
+                    (_local(p), _local(p.grad), _local(state["exp_avg"]), _local(state["exp_avg_sq"]), ema))
             for t, items in by_step.items():
-                params, grads, ms, vs = (list(x) for x in zip(*items))
-                torch._foreach_lerp_(ms, grads, 1 - b1)
-                torch._foreach_mul_(vs, b2)
-                torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
-                torch._foreach_mul_(params, 1 - lr * wd)
-                m_hat = torch._foreach_div(ms, 1 - b1 ** t)
-                v_hat = torch._foreach_div(vs, 1 - b2 ** t)
-                torch._foreach_sqrt_(v_hat)
-                for m, v in zip(m_hat, v_hat):
-                    torch.atan2(m, v, out=m)
-                del v_hat
-                torch._foreach_add_(params, m_hat, alpha=-lr)
-            if emas:
-                # Updated after the parameters: the EMA tracks the new weights, as before.
-                torch._foreach_lerp_(emas, ema_params, 1 - ema_rate)
+                params, grads, exp_avgs, exp_avg_sqs, emas = (list(x) for x in zip(*items))
+                update(params, grads, exp_avgs, exp_avg_sqs, [e for ema in emas for e in ema], lr, wd, b1, b2,
+                       1 - b1 ** t, 1 - b2 ** t, ema_rate if ema_rate is not None else 0.0)
 
     @torch.no_grad()
     def swap_ema(self) -> None:

@@ -49,6 +49,9 @@ class TrainConfig(BaseModel):
 
     compute_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     compile: Literal["auto", True, False] = "auto"
+    # < 1: the compiler recomputes the cheapest activations in backward until a block saves this
+    # fraction of what it otherwise would (training/parallel.py). Trades a little speed for memory.
+    activation_memory_budget: float = 0.7
 
     log_interval: int = 10
     checkpoint_every_steps: int | None = 1000
@@ -64,6 +67,8 @@ class TrainConfig(BaseModel):
         for key in ("global_batch_size", "epochs", "log_interval", "keep_last"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not 0.0 <= self.activation_memory_budget <= 1.0:
+            raise ValueError(f"activation_memory_budget must lie in [0, 1], got {self.activation_memory_budget}")
         if self.ema_rate is not None and not 0.0 <= self.ema_rate < 1.0:
             raise ValueError(f"ema_rate must lie in [0, 1) or be null, got {self.ema_rate}")
         if self.resume_epoch is not None and self.resume_step is not None:

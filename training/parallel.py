@@ -13,6 +13,7 @@ for very large models on many GPUs.
 """
 
 import torch
+import torch._functorch.config as functorch_config
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from models.layers import Block
@@ -28,11 +29,17 @@ def shard_model(model: LanguageModel, compute_dtype: torch.dtype, reshard_after_
     return model
 
 
-def compile_blocks(model: LanguageModel, fullgraph: bool = False) -> LanguageModel:
+def compile_blocks(model: LanguageModel, fullgraph: bool = False, activation_memory_budget: float = 1.0) -> LanguageModel:
     """torch.compile every Block in place (the unit FSDP2 wraps, so its hooks stay outside the
     graph). Shapes are static (fixed packed batches), so `dynamic=False`. One graph per grad mode
     serves every block and every module call of the recurrence: the `call` index is unused on
-    packed batches, and parameters are graph inputs, so no recompiles across blocks or bp_steps."""
+    packed batches, and parameters are graph inputs, so no recompiles across blocks or bp_steps.
+
+    activation_memory_budget < 1 is selective activation checkpointing done by the compiler: the
+    backward graph recomputes the cheapest forward results (by FLOPs) until what a block saves
+    fits that fraction of what it would save otherwise (torch._functorch's partitioner knob; a
+    process-wide setting)."""
+    functorch_config.activation_memory_budget = activation_memory_budget
     for module in model.modules():
         if isinstance(module, Block):
             module.compile(dynamic=False, fullgraph=fullgraph)
