@@ -179,6 +179,7 @@ def test_no_wandb_credentials_goes_offline_with_one_line(mixed_lengths, tmp_path
     (["global_batch_size=255"], 2, "global_batch_size=255 is not divisible by the world size 2"),
     (["data.path=/nonexistent/sampled"], 1, "data.path=/nonexistent/sampled"),
     (["lr=abc"], 1, "lr"),
+    (["activation_memory_budget=1.5"], 1, "activation_memory_budget must lie in [0, 1]"),
 ])
 def test_bad_config_fails_at_start_naming_the_key(args, nproc, expected, mixed_lengths, tmp_path):
     args = [f"data.path={mixed_lengths}", "max_steps=1", f"checkpoint_path={tmp_path / 'r'}", *args]
