@@ -11,6 +11,7 @@ Needs only torch (and numpy); loads models/attention.py by path so that nothing 
 import argparse
 import datetime
 import importlib.util
+import json
 import math
 import sys
 import warnings
@@ -154,8 +155,6 @@ FLEX_CANDIDATES = {
 def flex_sweep(name, samples, total_len, device, candidates=FLEX_CANDIDATES):
     """Forward (no grad, as the recurrence's no-grad calls) and forward+backward time of flex under
     each candidate's kernel options, with its error against the fp32 sdpa reference."""
-    import json
-
     cu, prefix = make_batch(samples, total_len, device)
     print(f"\n== flex kernel options, {name}: L={total_len} H={HEADS} D={HEAD_DIM}, {len(samples)} samples, prefixlm")
     g = torch.Generator(device=device).manual_seed(0)
@@ -167,7 +166,7 @@ def flex_sweep(name, samples, total_len, device, candidates=FLEX_CANDIDATES):
     print(f"{'candidate':20} {'max rel err':>11} {'ok':4} {'fwd ms':>7} {'fwd+bwd ms':>10}  options")
     for cand, options in candidates.items():
         torch._dynamo.reset()
-        A._compiled.clear()
+        A._compiled.cache_clear()
         try:
             out = A._only_rows(layout.token_valid, A._flex(q4, k4, v4, layout.block_mask, options)[0].transpose(0, 1))
             got = (out.detach(), *torch.autograd.grad(out, leaves, grad_out))

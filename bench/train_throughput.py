@@ -100,8 +100,7 @@ def make_batch(samples, total_len: int, max_samples: int, vocab: int, rng):
     if torch.cuda.is_available():  # as PackedDataset does: pinned, so the copies do not block the host
         batch = {k: v.pin_memory() for k, v in batch.items()}
     pairs = sum(p * p + c * p + c * (c + 1) / 2 for p, c in samples)
-    stats = {"num_tokens": pos, "num_label_tokens": int((labels != IGNORE_LABEL).sum()), "samples": samples,
-             "attn_pairs": pairs}
+    stats = {"num_tokens": pos, "samples": samples, "attn_pairs": pairs}
     return batch, stats
 
 
@@ -120,6 +119,25 @@ def dynamo_frames() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["frames"]["ok"])
+
+
+def timed_steps(step, warmup: int, steps: int, device):
+    """`warmup` steps, then `steps` timed ones (peak memory counted from there on). Returns the
+    losses, warm-up seconds, timed seconds, and the graphs dynamo compiled during the warm-up and
+    during the timed steps (recompiles)."""
+    frames_start = dynamo_frames()
+    t0 = time.perf_counter()
+    losses = [step(i) for i in range(warmup)]
+    sync(device)
+    warm_s = time.perf_counter() - t0
+    frames_warm = dynamo_frames()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    losses += [step(i) for i in range(warmup, warmup + steps)]
+    sync(device)
+    elapsed = time.perf_counter() - t0
+    return losses, warm_s, elapsed, frames_warm - frames_start, dynamo_frames() - frames_warm
 
 
 def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str, memory_budget: float):
@@ -164,22 +182,7 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
         optimizer.zero_grad(set_to_none=True)
         return metrics["loss"]
 
-    frames0 = dynamo_frames()
-    t0 = time.perf_counter()
-    losses = []
-    for i in range(args.warmup):
-        losses.append(step(i))
-    sync(device)
-    warm_s = time.perf_counter() - t0
-    frames_warm = dynamo_frames()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for i in range(args.warmup, args.warmup + args.steps):
-        losses.append(step(i))
-    sync(device)
-    elapsed = time.perf_counter() - t0
-    recompiles = dynamo_frames() - frames_warm
+    losses, warm_s, elapsed, frames, recompiles = timed_steps(step, args.warmup, args.steps, device)
     if args.profile and device.type == "cuda":
         profile_steps(step, args.warmup + args.steps, 2, device)
     real_tokens = sum(batches[i % len(batches)][1]["num_tokens"] for i in range(args.warmup, args.warmup + args.steps))
@@ -190,12 +193,12 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
     # attention term recounted from the real pairs: it scales with pairs / (tokens * context / 2)
     fpt_actual = fpt - attn_per_token + attn_per_token * pairs / (real_tokens * context / 2)
     loss_values = [(t[0] / t[1]).item() for t in losses]
-    if memory_budget < 1 and not before:
+    if memory_budget < 1 and not before and not args.cpu:  # the budget acts on compiled blocks only
         variant = f"{variant}@{memory_budget:g}"
     row = {"model": f"{arch.net}:{args.size_of[arch.net]}", "variant": variant, "shape": shape, "tokens": tokens,
            "backend": backend, "tok_s": tok_s, "tflops": tok_s * fpt / 1e12, "tflops_actual": tok_s * fpt_actual / 1e12,
            "step_ms": elapsed / args.steps * 1e3, "peak_gib": peak_gib(device), "warm_s": warm_s,
-           "frames": frames_warm - frames0, "recompiles": recompiles, "loss_first": loss_values[0],
+           "frames": frames, "recompiles": recompiles, "loss_first": loss_values[0],
            "loss_last": loss_values[-1], "fpt": fpt, "fill": real_tokens / (tokens * args.steps)}
     del model, optimizer, batches
     free(device)
@@ -338,17 +341,7 @@ def run_peer(args, d, arch, shape: str, tokens: int):
         optimizer.zero_grad(set_to_none=True)
         return total
 
-    t0 = time.perf_counter()
-    losses = [step(i) for i in range(args.peer_warmup)]
-    sync(device)
-    warm_s = time.perf_counter() - t0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for i in range(args.peer_warmup, args.peer_warmup + args.peer_steps):
-        losses.append(step(i))
-    sync(device)
-    elapsed = time.perf_counter() - t0
+    losses, warm_s, elapsed, _, _ = timed_steps(step, args.peer_warmup, args.peer_steps, device)
     real = sum(plans[i % len(plans)][0] for i in range(args.peer_warmup, args.peer_warmup + args.peer_steps))
     padded = sum(sum(g[0].numel() for g in plans[i % len(plans)][1])
                  for i in range(args.peer_warmup, args.peer_warmup + args.peer_steps))

@@ -21,6 +21,7 @@ Generation (static KV cache) uses `generation_mask` + `cached_attention`: the pr
 with prefix semantics, then each new token attends causally to everything before it.
 """
 
+import functools
 import importlib.util
 import inspect
 import logging
@@ -256,17 +257,16 @@ def _flex_block_mask(seg, prefix_end, total_len: int) -> BlockMask:
     return create_block_mask(mask_mod, None, None, total_len, total_len, device=seg.device)
 
 
-_compiled = {}
+@functools.cache
+def _compiled(fn):
+    """fn under torch.compile (static shapes: packed batches have a fixed length), made once."""
+    return torch.compile(fn, dynamic=False)
 
 
 def _block_mask_builder(device: torch.device):
     """_flex_block_mask, compiled on CUDA: one fused pass over the L x L mask instead of a few
     eager kernels per chunk (several ms per step at 16k tokens otherwise)."""
-    if device.type != "cuda":
-        return _flex_block_mask
-    if "block_mask" not in _compiled:
-        _compiled["block_mask"] = torch.compile(_flex_block_mask, dynamic=False)
-    return _compiled["block_mask"]
+    return _compiled(_flex_block_mask) if device.type == "cuda" else _flex_block_mask
 
 
 def _flex(q, k, v, block_mask, kernel_options=None):
@@ -274,10 +274,8 @@ def _flex(q, k, v, block_mask, kernel_options=None):
     batches (`bench/attention_check.py --flex-sweep`), so training passes none."""
     if q.device.type != "cuda":
         return flex_attention(q, k, v, block_mask=block_mask)  # unfused; forward only off CUDA
-    if "flex" not in _compiled:
-        # flex_attention is only fused (and memory-efficient) when compiled.
-        _compiled["flex"] = torch.compile(flex_attention, dynamic=False)
-    return _compiled["flex"](q, k, v, block_mask=block_mask, kernel_options=kernel_options)
+    # flex_attention is only fused (and memory-efficient) when compiled.
+    return _compiled(flex_attention)(q, k, v, block_mask=block_mask, kernel_options=kernel_options)
 
 
 def _only_rows(rows_valid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

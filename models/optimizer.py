@@ -11,6 +11,8 @@ live weights for evaluation or export (call it again to swap back).
 Works on plain tensors and on FSDP2's sharded DTensor parameters (it updates the local shards).
 """
 
+import functools
+
 import torch
 
 
@@ -30,19 +32,14 @@ def adam_atan2_update_(params, grads, exp_avgs, exp_avg_sqs, emas, lr: float, we
             emas[i].lerp_(p, 1 - ema_rate)
 
 
-_compiled_update = None
-
-
+@functools.cache
 def _fused_update():
     """adam_atan2_update_ compiled: one kernel per tensor that reads p, g, m, v (and the EMA) once
     and writes them once, where the eager form makes ~10 passes over memory, and one call for all
     tensors (a compiled call per tensor costs more host time than its kernel). The scalars are
     traced as symbols (lr and the bias corrections change every step), so it compiles twice at
     the start and never again."""
-    global _compiled_update
-    if _compiled_update is None:
-        _compiled_update = torch._dynamo.config.patch(specialize_float=False)(torch.compile(adam_atan2_update_))
-    return _compiled_update
+    return torch._dynamo.config.patch(specialize_float=False)(torch.compile(adam_atan2_update_))
 
 
 class AdamATan2(torch.optim.Optimizer):
@@ -81,10 +78,10 @@ class AdamATan2(torch.optim.Optimizer):
                 # State exists for every parameter, trained this step or not, so checkpoints
                 # always have all keys.
                 state = self._state(p)
-                ema = [_local(state["ema"])] if ema_rate is not None else []
+                ema = _local(state["ema"]) if ema_rate is not None else None
                 if p.grad is None:
-                    for e in ema:
-                        e.lerp_(_local(p), 1 - ema_rate)
+                    if ema is not None:
+                        ema.lerp_(_local(p), 1 - ema_rate)
                     continue
                 state["step"] += 1
                 t = state["step"].item()  # a CPU tensor: no device sync
@@ -92,7 +89,7 @@ class AdamATan2(torch.optim.Optimizer):
                     (_local(p), _local(p.grad), _local(state["exp_avg"]), _local(state["exp_avg_sq"]), ema))
             for t, items in by_step.items():
                 params, grads, exp_avgs, exp_avg_sqs, emas = (list(x) for x in zip(*items))
-                update(params, grads, exp_avgs, exp_avg_sqs, [e for ema in emas for e in ema], lr, wd, b1, b2,
+                update(params, grads, exp_avgs, exp_avg_sqs, emas if ema_rate is not None else [], lr, wd, b1, b2,
                        1 - b1 ** t, 1 - b2 ** t, ema_rate if ema_rate is not None else 0.0)
 
     @torch.no_grad()
