@@ -218,8 +218,8 @@ KERNEL_GROUPS = (
 )
 
 
-def profile_steps(step, first: int, n: int, device) -> None:
-    """Profile n steps and print where the GPU time goes: per kernel group, the top kernels, and
+def profile_steps(step, first: int, n: int, device, top_per_group: int = 8) -> None:
+    """Profile n steps and print where the GPU time goes: per kernel group and its top kernels, and
     how much of the wall time the GPU was idle (launch-bound or waiting on the host)."""
     import re
 
@@ -233,28 +233,30 @@ def profile_steps(step, first: int, n: int, device) -> None:
             step(i)
         sync(device)
     wall_us = (time.perf_counter() - t0) * 1e6
+    # record_function ranges (the optimizer's, FSDP's) also appear on the GPU timeline: not kernels
     kernels = [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
-               if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+               if e.device_type == DeviceType.CUDA and not e.is_user_annotation
+               and not re.match(r"Optimizer\.|FSDP::|## ", e.name)]
     busy, end = 0.0, -1.0
     for _, start, stop in sorted(kernels, key=lambda k: k[1]):
         busy += max(0.0, stop - max(start, end))
         end = max(end, stop)
     by_group: dict[str, float] = {}
-    by_name: dict[str, list] = {}
+    by_name: dict[tuple[str, str], list] = {}
     for name, start, stop in kernels:
         group = next(g for g, pattern in KERNEL_GROUPS if re.search(pattern, name))
         by_group[group] = by_group.get(group, 0.0) + stop - start
-        entry = by_name.setdefault(name, [0.0, 0])
+        entry = by_name.setdefault((group, name), [0.0, 0])
         entry[0] += stop - start
         entry[1] += 1
     total = sum(by_group.values())
     log(f"profile: {n} steps, wall {wall_us / n / 1e3:.1f} ms/step, GPU busy {busy / n / 1e3:.1f} ms/step "
         f"({busy / wall_us:.1%}), kernel time {total / n / 1e3:.1f} ms/step")
     for group, us in sorted(by_group.items(), key=lambda kv: -kv[1]):
-        log(f"  {group:28} {us / n / 1e3:8.1f} ms/step {us / total:6.1%}")
-    log("  top kernels (ms/step, calls/step):")
-    for name, (us, count) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:25]:
-        log(f"    {us / n / 1e3:7.2f} {count // n:5d}  {name[:110]}")
+        log(f"  {group:28} {us / n / 1e3:8.1f} ms/step {us / total:6.1%}; top kernels (ms/step, calls/step):")
+        top = sorted(((v, name) for (g, name), v in by_name.items() if g == group), key=lambda x: -x[0][0])
+        for (us_k, count), name in top[:top_per_group]:
+            log(f"    {us_k / n / 1e3:7.2f} {count // n:5d}  {name[:110]}")
 
 
 def sync(device):

@@ -22,9 +22,13 @@ from models.model import LanguageModel
 
 def shard_model(model: LanguageModel, compute_dtype: torch.dtype, reshard_after_forward: bool = False) -> LanguageModel:
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    # A block's hidden-state input is already in compute_dtype (it comes from bf16 weights); its
+    # other float inputs are the fp32 RoPE tables, which FSDP's default input cast would round to
+    # bf16 (DESIGN.md §4 computes RoPE in fp32, as inference does).
+    block_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for module in model.modules():
         if isinstance(module, Block):
-            fully_shard(module, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+            fully_shard(module, mp_policy=block_policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     return model
 
