@@ -20,14 +20,15 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def adam_atan2_update_(params, grads, exp_avgs, exp_avg_sqs, emas, lr: float, weight_decay: float, beta1: float,
-                       beta2: float, bias_correction1: float, bias_correction2: float, ema_rate: float) -> None:
+def adam_atan2_update_(params, grads, exp_avgs, exp_avg_sqs, emas, lr, weight_decay: float, beta1: float,
+                       beta2: float, bias_correction1, bias_correction2, ema_rate: float) -> None:
     """The update of the module docstring, in place, for lists of tensors that share a step count;
-    then the EMA of the new weights (`emas` empty: no EMA)."""
+    then the EMA of the new weights (`emas` empty: no EMA). lr and the bias corrections are floats
+    or 0-dim CPU tensors (see `_fused_update`)."""
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        p.mul_(1 - lr * weight_decay).add_(torch.atan2(m / bias_correction1, (v / bias_correction2).sqrt()), alpha=-lr)
+        p.mul_(1 - lr * weight_decay).sub_(lr * torch.atan2(m / bias_correction1, (v / bias_correction2).sqrt()))
         if emas:
             emas[i].lerp_(p, 1 - ema_rate)
 
@@ -36,10 +37,12 @@ def adam_atan2_update_(params, grads, exp_avgs, exp_avg_sqs, emas, lr: float, we
 def _fused_update():
     """adam_atan2_update_ compiled: one kernel per tensor that reads p, g, m, v (and the EMA) once
     and writes them once, where the eager form makes ~10 passes over memory, and one call for all
-    tensors (a compiled call per tensor costs more host time than its kernel). The scalars are
-    traced as symbols (lr and the bias corrections change every step), so it compiles twice at
-    the start and never again."""
-    return torch._dynamo.config.patch(specialize_float=False)(torch.compile(adam_atan2_update_))
+    tensors (a compiled call per tensor costs more host time than its kernel). The values that
+    change every step (lr, the bias corrections) come as 0-dim CPU tensors: graph inputs, so one
+    graph serves every step. As Python floats they were baked into the graphs: a recompile per
+    new value and, with `specialize_float=False`, graphs that silently kept an old learning rate
+    (torch 2.13; tests/test_optimizer.py checks a changing lr against float64)."""
+    return torch.compile(adam_atan2_update_)
 
 
 class AdamATan2(torch.optim.Optimizer):
@@ -89,8 +92,12 @@ class AdamATan2(torch.optim.Optimizer):
                     (_local(p), _local(p.grad), _local(state["exp_avg"]), _local(state["exp_avg_sq"]), ema))
             for t, items in by_step.items():
                 params, grads, exp_avgs, exp_avg_sqs, emas = (list(x) for x in zip(*items))
-                update(params, grads, exp_avgs, exp_avg_sqs, emas if ema_rate is not None else [], lr, wd, b1, b2,
-                       1 - b1 ** t, 1 - b2 ** t, ema_rate if ema_rate is not None else 0.0)
+                per_step = (lr, 1 - b1 ** t, 1 - b2 ** t)
+                if self.compile:
+                    per_step = tuple(torch.tensor(x, dtype=torch.float32) for x in per_step)
+                lr_t, bias_correction1, bias_correction2 = per_step
+                update(params, grads, exp_avgs, exp_avg_sqs, emas if ema_rate is not None else [], lr_t, wd, b1, b2,
+                       bias_correction1, bias_correction2, ema_rate if ema_rate is not None else 0.0)
 
     @torch.no_grad()
     def swap_ema(self) -> None:

@@ -4,10 +4,12 @@ compiled (the fused per-tensor kernel pretrain.py uses on CUDA)."""
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from models.optimizer import AdamATan2
 
-LR, WD, B1, B2, EMA = 1e-2, 0.1, 0.9, 0.95, 0.8
+WD, B1, B2, EMA = 0.1, 0.9, 0.95, 0.8
+LRS = [1e-2, 3e-2, 2e-2, 5e-3]  # a schedule: the learning rate changes every step
 
 
 def reference(p0: np.ndarray, grads: list[np.ndarray | None]):
@@ -15,7 +17,7 @@ def reference(p0: np.ndarray, grads: list[np.ndarray | None]):
     still moves, the step count does not)."""
     p, ema = p0.astype(np.float64), p0.astype(np.float64)
     m, v, t = np.zeros_like(p), np.zeros_like(p), 0
-    for g in grads:
+    for LR, g in zip(LRS, grads):
         if g is not None:
             t += 1
             m = B1 * m + (1 - B1) * g
@@ -31,9 +33,10 @@ def test_adam_atan2_matches_float64_reference(compile):
     weight = torch.nn.Parameter(torch.tensor(rng.normal(size=(7, 5)), dtype=torch.float32))
     bias = torch.nn.Parameter(torch.tensor(rng.normal(size=(5,)), dtype=torch.float32))
     p0 = {"weight": weight.detach().double().numpy().copy(), "bias": bias.detach().double().numpy().copy()}
-    optimizer = AdamATan2([weight, bias], lr=LR, betas=(B1, B2), weight_decay=WD, ema_rate=EMA, compile=compile)
+    optimizer = AdamATan2([weight, bias], lr=LRS[0], betas=(B1, B2), weight_decay=WD, ema_rate=EMA, compile=compile)
     history = {"weight": [], "bias": []}
-    for step in range(4):
+    for step, lr in enumerate(LRS):
+        optimizer.param_groups[0]["lr"] = lr
         for name, param in (("weight", weight), ("bias", bias)):
             # the bias gets no gradient in the first step (as HRM's embedding during warmup)
             g = None if name == "bias" and step == 0 else rng.normal(size=param.shape) * 10 ** rng.uniform(-3, 1)
@@ -45,6 +48,21 @@ def test_adam_atan2_matches_float64_reference(compile):
         np.testing.assert_allclose(param.detach().double().numpy(), p_ref, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(optimizer.state[param]["ema"].double().numpy(), ema_ref, rtol=1e-5, atol=1e-6)
     assert optimizer.state[weight]["step"].item() == 4 and optimizer.state[bias]["step"].item() == 3
+
+
+def test_compiled_update_compiles_once_while_lr_and_step_change():
+    """The compiled update must not be specialised to one step's learning rate or bias
+    corrections: a recompile of the all-parameter graph costs about a minute on a GPU machine."""
+    torch._dynamo.reset()  # forget graphs other tests compiled
+    counters.clear()
+    params = [torch.nn.Parameter(torch.randn(4, 3)) for _ in range(3)]
+    optimizer = AdamATan2(params, lr=1e-3, ema_rate=0.9, compile=True)
+    for step in range(4):
+        optimizer.param_groups[0]["lr"] = 1e-3 * (step + 1)
+        for p in params:
+            p.grad = torch.randn_like(p)
+        optimizer.step()
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 def test_swap_ema_is_an_involution():
