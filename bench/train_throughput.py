@@ -55,6 +55,7 @@ from pretrain import loss_normalizer, train_step  # noqa: E402
 from training.config import compose  # noqa: E402
 from training.distributed import init_distributed  # noqa: E402
 from training.parallel import compile_blocks, shard_model  # noqa: E402
+from training.schedule import lr_at  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.5, "H200": 989.5, "H800": 989.5, "A100": 312.0}
 TOKENIZER_VOCAB = 32000
@@ -172,6 +173,9 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
     bp = arch.bp_max_steps
 
     def step(i):
+        # a warmup-then-cosine learning rate, new every step as in pretrain.py
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(i + 1, total_steps=1000, lr=1e-4, warmup_steps=5, min_ratio=0.1)
         batch, stats = batches[i % len(batches)]
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         layout = attn_lib.build_layout(batch["cu_seqlens"], batch["prefix_lens"], total_len=tokens,
