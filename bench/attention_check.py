@@ -140,6 +140,10 @@ FLEX_CANDIDATES = {
     "default": {},
     "tma": {"USE_TMA": True},
     "rows-safe": {"ROWS_GUARANTEED_SAFE": True},
+    "prescale-qk": {"PRESCALE_QK": True},
+    # a query's visible keys form one contiguous run (its sample's start up to the query or the
+    # end of the prefix), so every row of the block mask is contiguous
+    "contiguous": {"BLOCKS_ARE_CONTIGUOUS": True},
     "fwd 128x128 s2 w8": {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 128, "fwd_num_stages": 2, "fwd_num_warps": 8},
     "fwd 128x64 s4 w8": {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 64, "fwd_num_stages": 4, "fwd_num_warps": 8},
     "fwd 64x128 s3 w4": {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 128, "fwd_num_stages": 3, "fwd_num_warps": 4},
