@@ -92,13 +92,14 @@ def test_two_ranks_match_one_process(equal_lengths, tmp_path):
     assert one[5] < one[1]  # it learns
 
 
-def test_compiled_run_matches_eager(equal_lengths, tmp_path):
-    """compile=true (compiled blocks with the memory budget, compiled optimizer: what runs on a
-    GPU) trains like compile=false while the learning rate warms up and changes every step."""
+def test_compiled_two_rank_run_matches_eager_one_process(equal_lengths, tmp_path):
+    """compile=true (compiled blocks with the memory budget, the compiled optimizer on sharded
+    parameters: what runs on GPUs) on two ranks trains like compile=false in one process while the
+    learning rate warms up and changes every step."""
     common = [f"data.path={equal_lengths}", "global_batch_size=240", "max_steps=6", "lr_warmup_steps=4",
               "checkpoint_every_steps=null"]
     pretrain([*common, f"checkpoint_path={tmp_path / 'eager'}"])
-    pretrain([*common, f"checkpoint_path={tmp_path / 'compiled'}", "compile=true"])
+    pretrain([*common, f"checkpoint_path={tmp_path / 'compiled'}", "compile=true"], nproc=2)
     eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
     assert sorted(eager) == sorted(compiled) == [1, 2, 3, 4, 5, 6]
     for step in eager:
