@@ -260,7 +260,7 @@ def profile_steps(step, first: int, n: int, device, top_per_group: int = 8) -> N
         log(f"  {group:28} {us / n / 1e3:8.1f} ms/step {us / total:6.1%}; top kernels (ms/step, calls/step):")
         top = sorted(((v, name) for (g, name), v in by_name.items() if g == group), key=lambda x: -x[0][0])
         for (us_k, count), name in top[:top_per_group]:
-            log(f"    {us_k / n / 1e3:7.2f} {count // n:5d}  {name[:110]}")
+            log(f"    {us_k / n / 1e3:7.2f} {count / n:6.1f}  {name[:110]}")
 
 
 def sync(device):

@@ -28,7 +28,7 @@ def adam_atan2_update_(params, grads, exp_avgs, exp_avg_sqs, emas, lr, weight_de
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        p.mul_(1 - lr * weight_decay).sub_(lr * torch.atan2(m / bias_correction1, (v / bias_correction2).sqrt()))
+        p.mul_(1 - lr * weight_decay).sub_(torch.atan2(m / bias_correction1, (v / bias_correction2).sqrt()).mul_(lr))
         if emas:
             emas[i].lerp_(p, 1 - ema_rate)
 
@@ -39,9 +39,10 @@ def _fused_update():
     and writes them once, where the eager form makes ~10 passes over memory, and one call for all
     tensors (a compiled call per tensor costs more host time than its kernel). The values that
     change every step (lr, the bias corrections) come as 0-dim CPU tensors: graph inputs, so one
-    graph serves every step. As Python floats they were baked into the graphs: a recompile per
-    new value and, with `specialize_float=False`, graphs that silently kept an old learning rate
-    (torch 2.13; tests/test_optimizer.py checks a changing lr against float64)."""
+    graph serves every step. As Python floats they were baked into the graphs: recompiles as they
+    changed, and graphs that silently kept an old learning rate (torch 2.11 and 2.13;
+    tests/test_optimizer.py checks a changing lr against float64). Weight decay, betas and the EMA
+    rate stay floats: they are constant in a run (changing them would recompile)."""
     return torch.compile(adam_atan2_update_)
 
 
@@ -55,6 +56,15 @@ class AdamATan2(torch.optim.Optimizer):
             raise ValueError(f"invalid AdamATan2 hyperparameters lr={lr} betas={betas} weight_decay={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, ema_rate=ema_rate))
         self.compile = compile
+
+    @torch.no_grad()
+    def init_state(self) -> None:
+        """Create every parameter's state (zero moments, EMA = weights) without a step, for a
+        checkpoint to be loaded into: otherwise torch.distributed.checkpoint creates it by running
+        `step()` with zero gradients and lr 0, which would compile a graph the run never uses."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._state(p)
 
     def _state(self, p: torch.Tensor) -> dict:
         state = self.state[p]

@@ -65,6 +65,21 @@ def test_compiled_update_compiles_once_while_lr_and_step_change():
     assert counters["stats"]["unique_graphs"] == 1
 
 
+def test_init_state_creates_every_state_without_a_step():
+    """What a checkpoint is loaded into: all keys present, nothing updated, nothing compiled."""
+    torch._dynamo.reset()
+    counters.clear()
+    w = torch.nn.Parameter(torch.randn(3, 3))
+    before = w.detach().clone()
+    optimizer = AdamATan2([w], lr=0.1, ema_rate=0.5, compile=True)
+    optimizer.init_state()
+    state = optimizer.state[w]
+    assert state["step"].item() == 0 and state["step"].device.type == "cpu"
+    assert not state["exp_avg"].any() and not state["exp_avg_sq"].any()
+    assert torch.equal(state["ema"], before) and torch.equal(w.detach(), before)
+    assert counters["stats"]["unique_graphs"] == 0
+
+
 def test_swap_ema_is_an_involution():
     w = torch.nn.Parameter(torch.randn(3, 3))
     optimizer = AdamATan2([w], lr=0.1, ema_rate=0.5)

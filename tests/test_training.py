@@ -103,7 +103,7 @@ def test_compiled_two_rank_run_matches_eager_one_process(equal_lengths, tmp_path
     eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
     assert sorted(eager) == sorted(compiled) == [1, 2, 3, 4, 5, 6]
     for step in eager:
-        assert abs(eager[step] - compiled[step]) / abs(eager[step]) < 1e-5, (step, eager[step], compiled[step])
+        assert abs(eager[step] - compiled[step]) / abs(eager[step]) < 1e-4, (step, eager[step], compiled[step])
 
 
 def wait_for(predicate, timeout=300):

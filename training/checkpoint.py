@@ -73,6 +73,7 @@ def save_checkpoint(path: Path, model, optimizer, trainer_state: dict) -> None:
 
 def load_checkpoint(path: Path, model, optimizer) -> None:
     """Collective. Restores model and optimizer (moments, step counts, EMA) in place."""
+    optimizer.init_state()
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(path))
