@@ -92,6 +92,11 @@ class _EpochPlan:
     counts: dict[str, int]
 
 
+def default_max_samples(batch_max_length: int) -> int:
+    """Sample slots per batch when the config leaves them unset: room for samples of 4 tokens."""
+    return max(1, batch_max_length // 4)
+
+
 class PackedDataset:
     """This rank's packed batches, one per global step, over `epochs` epochs of a sampled dataset.
 
@@ -125,7 +130,7 @@ class PackedDataset:
             raise ValueError(f"global_batch_size {global_batch_size} is not divisible by num_replicas "
                              f"{num_replicas}; pick a multiple so every rank gets the same token budget")
         self.batch_max_length = global_batch_size // num_replicas
-        self.max_samples_per_batch = max_samples_per_batch or max(1, self.batch_max_length // 4)
+        self.max_samples_per_batch = max_samples_per_batch or default_max_samples(self.batch_max_length)
         self.num_replicas, self.rank, self.epochs = num_replicas, rank, epochs
         self.target_only = target_only
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory

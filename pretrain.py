@@ -77,7 +77,13 @@ def check_resume_compatible(cfg: TrainConfig, resume_dir: Path) -> None:
     saved = resume_dir / "all_config.yaml"
     if not saved.exists():
         fail(f"resume_from={resume_dir}: no all_config.yaml there; is it a run directory of pretrain.py?")
-    old_arch = yaml.safe_load(saved.read_text())["arch"]
+    old_cfg = yaml.safe_load(saved.read_text())
+    if not cfg.weights_only_resume_from_ema and (old_cfg.get("ema_rate") is None) != (cfg.ema_rate is None):
+        # The EMA lives in the optimizer state: a run without one has none to resume, and a run
+        # that stops updating its EMA would keep a stale one that evaluation and export would use.
+        fail(f"resume_from={resume_dir}: ema_rate: run has {old_cfg.get('ema_rate')!r}, config has {cfg.ema_rate!r}; "
+             "a resume can change the EMA rate but not switch the EMA on or off")
+    old_arch = old_cfg["arch"]
     new_arch = cfg.arch.model_dump()
     keys = [k for k in new_arch if k not in ("attn_backend", "bp_warmup_ratio", "bp_max_steps") and old_arch.get(k) != new_arch[k]]
     if keys:
@@ -219,7 +225,6 @@ def run(cfg: TrainConfig, d: Dist) -> None:
         if d.is_main:
             print(f"resuming {resume_ckpt} at step {step} (data position {state['data']})", flush=True)
 
-    flops_per_token = executed_flops_per_token(cfg.arch, vocab_size, context_len)
     logger = None
     if d.is_main:
         write_run_files(cfg, run_dir, meta, {
@@ -227,7 +232,9 @@ def run(cfg: TrainConfig, d: Dist) -> None:
             "device": torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu",
             "torch": str(torch.__version__), "attention_backend": backend, "parameters": n_params,
             "vocab_size": vocab_size, "total_steps": total_steps, "last_step": last_step,
-            "executed_flops_per_token": flops_per_token, "batch_max_length": batch_max_length,
+            # at full gradient depth; the bp warmup's steps execute fewer
+            "executed_flops_per_token": executed_flops_per_token(cfg.arch, vocab_size, context_len),
+            "batch_max_length": batch_max_length,
         })
         logger = MetricsLogger(run_dir, cfg.project_name, cfg.run_name, cfg.model_dump(), cfg.wandb_mode,
                                resume=step > 0)
@@ -246,29 +253,33 @@ def run(cfg: TrainConfig, d: Dist) -> None:
     stop = StopRequest()
     peak = peak_flops(d.device)
     sums: dict[str, torch.Tensor] = {}
-    window_tokens, window_start = 0, time.perf_counter()
+    # this rank's tokens and executed FLOPs since the last log (the gradient depth, hence the
+    # FLOPs per token, changes during the bp warmup)
+    window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
 
     def log_metrics(step, lr, bp_steps, grad_norm) -> None:
         """Reduce the (sum, count) metrics of the window over ranks; log on rank 0."""
-        nonlocal window_tokens, window_start
+        nonlocal window_tokens, window_flops, window_start
         names = sorted(sums)
         packed = all_reduce_sum(torch.stack([sums[k] for k in names]))
+        work = all_reduce_sum(torch.tensor([window_tokens, window_flops], dtype=torch.float64, device=d.device))
         values = {f"train/{k}": (v[0] / v[1].clamp(min=1)).item() for k, v in zip(names, packed)}
         if not math.isfinite(values["train/loss"]):
             done = ckpt.complete_checkpoints(run_dir)
             fail(f"non-finite loss at step {step}; last good checkpoint: {done[-1] if done else 'none'}")
-        tokens_per_s = window_tokens * d.world_size / (time.perf_counter() - window_start)
+        elapsed = time.perf_counter() - window_start
+        tokens_per_s = work[0].item() / elapsed
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         values.update({"train/lr": lr, "train/bp_steps": bp_steps, "train/grad_norm": grad_norm.item(),
                        "perf/tokens_per_s": tokens_per_s, "perf/tokens_per_s_per_device": tokens_per_s / d.world_size})
         if peak:
-            values["perf/mfu"] = tokens_per_s / d.world_size * flops_per_token / peak
+            values["perf/mfu"] = work[1].item() / elapsed / (d.world_size * peak)
             values["perf/peak_memory_gib"] = torch.cuda.max_memory_allocated(d.device) / 2**30
         if logger:
             logger.log(step, values)
             bar.set_postfix(loss=f"{values['train/loss']:.4f}", lr=f"{lr:.2e}")
         sums.clear()
-        window_tokens, window_start = 0, time.perf_counter()
+        window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
     bar = tqdm(total=last_step, initial=step, desc="train", disable=not d.is_main, dynamic_ncols=True)
     model.train()
     for batch, stats in dataset:
@@ -288,6 +299,7 @@ def run(cfg: TrainConfig, d: Dist) -> None:
         for name, (total, count) in metrics.items():
             sums.setdefault(name, torch.zeros(2, device=d.device)).add_(torch.stack([total, count]))
         window_tokens += stats["num_tokens"]
+        window_flops += stats["num_tokens"] * executed_flops_per_token(cfg.arch, vocab_size, context_len, bp_steps)
         bar.update(1)
 
         if step % cfg.log_interval == 0 or step == last_step:

@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import attention_check as check  # noqa: E402  (its timing and correctness helpers)
+from dataset_new import default_max_samples  # noqa: E402
 from models import attention as attn_lib  # noqa: E402
 from models.flops import executed_flops_per_token  # noqa: E402
 from models.layers import Block  # noqa: E402
@@ -147,7 +148,7 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
     vocab = model_vocab_size(TOKENIZER_VOCAB if not args.cpu else 500)
     context = args.context
     rng = np.random.default_rng(1234 + d.rank)
-    max_samples = max(8, tokens // 16)
+    max_samples = default_max_samples(tokens)  # pretrain.py's slot count: kernels' grids depend on it
     batches = []
     for _ in range(args.distinct_batches):
         samples = (full_lengths(rng, tokens, context) if shape == "full"

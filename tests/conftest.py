@@ -26,3 +26,13 @@ def demo_run(tmp_path_factory):
                     f"checkpoint_path={run}", "max_steps=30", "global_batch_size=1024", "log_interval=10",
                     "checkpoint_every_steps=null", "epochs=1"], cwd=ROOT, env=env, check=True, capture_output=True)
     return data, run
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A one-process gloo group, for code that needs torch.distributed (FSDP2, DCP) in-process."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()

@@ -4,21 +4,12 @@ the unwrapped model does in bf16, and the compiler's selective recomputation
 
 import copy
 
-import pytest
 import torch
 import torch._functorch.config as functorch_config
-import torch.distributed as dist
 
 from models.model import LanguageModel
 from tests.test_models import packed_context, packed_inputs, tiny_arch
 from training.parallel import compile_blocks, shard_model
-
-
-@pytest.fixture
-def one_rank_group(tmp_path):
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def test_sharded_bf16_forward_equals_the_plain_bf16_model(one_rank_group):

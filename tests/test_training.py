@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.optimizer import AdamATan2
 from training import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,6 +201,34 @@ def test_bad_config_fails_at_start_naming_the_key(args, nproc, expected, mixed_l
     result = pretrain(args, nproc=nproc, check=False)
     assert result.returncode != 0
     assert expected in result.stdout + result.stderr
+
+
+def test_loading_a_checkpoint_keeps_the_configured_hyperparameters(one_rank_group, tmp_path):
+    """The checkpoint restores weights and optimizer state; weight decay, betas and the EMA rate
+    stay those of the optimizer it is loaded into (the resumed run's config)."""
+    torch.manual_seed(0)
+    saved_model = torch.nn.Linear(4, 3)
+    saved_opt = AdamATan2(saved_model.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, ema_rate=0.9)
+    saved_model(torch.randn(2, 4)).sum().backward()
+    saved_opt.step()
+    ckpt.save_checkpoint(tmp_path / "ck", saved_model, saved_opt, {"step": 1})
+    model = torch.nn.Linear(4, 3)
+    opt = AdamATan2(model.parameters(), lr=5e-3, betas=(0.8, 0.99), weight_decay=0.0, ema_rate=0.5)
+    ckpt.load_checkpoint(tmp_path / "ck", model, opt)
+    assert torch.equal(model.weight, saved_model.weight)
+    for p, saved_p in zip(model.parameters(), saved_model.parameters()):
+        for key in ("step", "exp_avg", "exp_avg_sq", "ema"):
+            assert torch.equal(opt.state[p][key], saved_opt.state[saved_p][key]), key
+    group = opt.param_groups[0]
+    assert (group["lr"], group["betas"], group["weight_decay"], group["ema_rate"]) == (5e-3, (0.8, 0.99), 0.0, 0.5)
+
+
+def test_resume_cannot_switch_the_ema_off(mixed_lengths, tmp_path):
+    run = tmp_path / "run"
+    pretrain([f"data.path={mixed_lengths}", "global_batch_size=256", "max_steps=1", f"checkpoint_path={run}"])
+    result = pretrain([f"data.path={mixed_lengths}", f"resume_from={run}", "ema_rate=null"], check=False)
+    assert result.returncode != 0
+    assert "ema_rate: run has 0.9999, config has None" in result.stdout + result.stderr
 
 
 def test_resume_with_another_architecture_fails(mixed_lengths, tmp_path):

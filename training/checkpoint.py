@@ -72,12 +72,17 @@ def save_checkpoint(path: Path, model, optimizer, trainer_state: dict) -> None:
 
 
 def load_checkpoint(path: Path, model, optimizer) -> None:
-    """Collective. Restores model and optimizer (moments, step counts, EMA) in place."""
+    """Collective. Restores model and optimizer (moments, step counts, EMA) in place. The
+    optimizer's hyperparameters stay those it was built with (the run's config), as the learning
+    rate does: the checkpoint would otherwise bring back the ones it was saved with."""
     optimizer.init_state()
+    hyperparameters = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    for group, kept in zip(optimizer.param_groups, hyperparameters):
+        group.update(kept)
     rng = path / f"rng_rank{dist.get_rank()}.pt"
     if rng.exists():
         torch.set_rng_state(torch.load(rng)["torch"])
