@@ -9,7 +9,10 @@ gradient-carrying call in backward), so resharding repeats the all-gather (and t
 cast) up to ~13 times per block and step. Keeping the gathered copy for the step costs 2 bytes per
 parameter on every rank (about 1.2 GB for size L, 2.4 GB for XL) and gathers each block once in
 forward; that is the default here (`reshard_after_forward=False`). Pass True to save that memory
-for very large models on many GPUs.
+for very large models on many GPUs. Backward still frees them after each gradient-carrying call
+(FSDP2's reshard_after_backward), so a block with k such calls is gathered k - 1 more times in
+backward (HRM: 1-2 times per block and step). Keeping them would need an explicit reshard before
+each optimizer step (or the next forward reads stale weights); not done, as it is not measured.
 """
 
 import torch
