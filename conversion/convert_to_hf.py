@@ -100,8 +100,24 @@ def export_tokenizer(tokenizer, out_dir: Path) -> None:
         from transformers.integrations.tiktoken import convert_tiktoken_to_fast
 
         convert_tiktoken_to_fast(tokenizer.backend, str(out_dir))
-        fast = PreTrainedTokenizerFast(tokenizer_file=str(out_dir / "tokenizer.json"), **specials)
-        fast.add_special_tokens({"additional_special_tokens": list(tokenizer.special_ids)})
+        # Added tokens get the ids right after the vocabulary, whatever tokenizer.json says, while
+        # text_tokenizer put ours above the encoding's max_token_value, past the encoding's own
+        # specials (which our encoding never emits, so they go). Unreachable placeholders fill the
+        # vocabulary up to there (no merge produces them), so ours land on their exact ids.
+        tokenizer_json = out_dir / "tokenizer.json"
+        spec = json.loads(tokenizer_json.read_text())
+        vocab = spec["model"]["vocab"]
+        taken = set(vocab.values())
+        vocab.update({f"<|unused_{i}|>": i for i in range(min(tokenizer.special_ids.values())) if i not in taken})
+        spec["added_tokens"] = [{"id": token_id, "content": token, "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": False, "special": True}
+                                for token, token_id in sorted(tokenizer.special_ids.items(), key=lambda kv: kv[1])]
+        tokenizer_json.write_text(json.dumps(spec, ensure_ascii=False))
+        fast = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), **specials)
+    exported = {token: fast.convert_tokens_to_ids(token) for token in tokenizer.special_ids}
+    if exported != tokenizer.special_ids:
+        raise RuntimeError(f"exported tokenizer's special-token ids {exported} differ from the run's "
+                           f"{tokenizer.special_ids}; the export would feed the model wrong tokens")
     fast.save_pretrained(str(out_dir))
     prompt = {"boq": "<|boq|>", "eoq": "<|eoq|>", "eoa": "<|eoa|>", "pad": "<|pad|>",
               "condition_mapping": {c: f"<|{c}|>" for c in tokenizer.conditions},

@@ -63,6 +63,29 @@ def test_export_loads_natively_and_matches(engine, export):
         assert out == native, (text, out, native)
 
 
+def test_tiktoken_export_keeps_the_special_token_ids(tmp_path):
+    """A tiktoken run's specials sit above the encoding's max_token_value (past a gap and the
+    encoding's own special token here, as in cl100k_base); the exported tokenizer must give them
+    the same ids and encode text as tiktoken does."""
+    import tiktoken
+    from transformers import AutoTokenizer
+
+    from conversion.convert_to_hf import export_tokenizer
+    from data_io.text_tokenizer import load_tokenizer
+
+    ranks = {bytes([i]): i for i in range(256)} | {b"ab": 256, b"abab": 257}
+    enc = tiktoken.Encoding(name="toy", pat_str=r"\S+|\s+", mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 260})
+    tokenizer = load_tokenizer(enc)
+    assert tokenizer.special_ids["<|boq|>"] == 261
+    export_tokenizer(tokenizer, tmp_path)
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    assert {token: hf.convert_tokens_to_ids(token) for token in tokenizer.special_ids} == tokenizer.special_ids
+    for text in ("xabab y", "caf\u00e9 <|endoftext|> ab"):
+        assert hf(text, add_special_tokens=False)["input_ids"] == enc.encode_ordinary(text)
+    boq, direct = tokenizer.special_ids["<|boq|>"], tokenizer.special_ids["<|direct|>"]
+    assert hf("<|boq|><|direct|>ab", add_special_tokens=False)["input_ids"] == [boq, direct, 256]
+
+
 def test_test_time_recurrence_override(demo_run):
     _, run = demo_run
     model, tokenizer, context_len, _ = load_run(run, arch_override={"H_cycles": 4})
