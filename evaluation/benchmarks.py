@@ -72,6 +72,9 @@ class Benchmark:
     metric_names: tuple[str, ...] = ("accuracy",)
     correct_metric = "accuracy"  # the 0/1 metric that pass@k counts
     macro_average = False
+    # The label that opens every question block ("Question:"...), where a benchmark has one: a
+    # generation that runs on into an invented next block is cut there before its answer is read.
+    block_label: str | None = None
 
     # ---- prompts
     def instruction(self, row: dict) -> str:
@@ -109,6 +112,10 @@ class Benchmark:
                 for row in rows]
 
     # ---- scoring
+    def own_response(self, generation: str) -> str:
+        """The generation up to any invented next few-shot block (its answer is not this item's)."""
+        return generation.split(f"\n\n{self.block_label}")[0] if self.block_label else generation
+
     def extract(self, generation: str, item: Item) -> Any:
         raise NotImplementedError
 
@@ -131,12 +138,13 @@ class Benchmark:
 class GSM8k(Benchmark):
     name = "GSM8k"
     source = HubSource("openai/gsm8k", ("main",), "test", "train")
+    block_label = "Question:"
 
     def instruction(self, row):
         return "Solve the math word problem step by step. Give the final numeric answer as \\boxed{answer}."
 
     def question(self, row):
-        return f"Question: {row['question']}"
+        return f"{self.block_label} {row['question']}"
 
     def shot_answer(self, row):
         reasoning, final = row["answer"].split("####")
@@ -157,12 +165,13 @@ class MATH(Benchmark):
         ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
          "prealgebra", "precalculus"),
         "test", "train")
+    block_label = "Problem:"
 
     def instruction(self, row):
         return "Solve the problem step by step. Put the final answer in \\boxed{}."
 
     def question(self, row):
-        return f"Problem: {row['problem']}"
+        return f"{self.block_label} {row['problem']}"
 
     def shot_answer(self, row):
         return row["solution"]
@@ -193,12 +202,13 @@ class DROP(Benchmark):
     source = HubSource("ucinlp/drop", (None,), "validation", "train")
     metric_names = ("em", "f1")
     correct_metric = "em"
+    block_label = "Passage:"
 
     def instruction(self, row):
         return "Answer the question about the passage with a number or a short span from the passage."
 
     def question(self, row):
-        return f"Passage: {row['passage']}\nQuestion: {row['question']}"
+        return f"{self.block_label} {row['passage']}\nQuestion: {row['question']}"
 
     def shot_answer(self, row):
         return row["answers_spans"]["spans"][0]
@@ -332,12 +342,13 @@ class Winogrande(MultipleChoice):
 class BoolQ(MultipleChoice):
     name = "BoolQ"
     source = HubSource("google/boolq", (None,), "validation", "train")
+    block_label = "Passage:"
 
     def instruction(self, row):
         return "Answer the question about the passage. Answer with the letter of the correct option."
 
     def stem(self, row):
-        return f"Passage: {row['passage']}\nQuestion: {row['question']}?"
+        return f"{self.block_label} {row['passage']}\nQuestion: {row['question']}?"
 
     def options(self, row):
         return ["yes", "no"]

@@ -262,7 +262,7 @@ def evaluate_generations(benchmark, items: Sequence, generations: Sequence[Seque
     num_invalid = 0
     num_samples = len(generations[0]) if generations else 0
     for item, samples in zip(items, generations, strict=True):
-        answers = [benchmark.extract(text, item) for text in samples]
+        answers = [benchmark.extract(benchmark.own_response(text), item) for text in samples]
         num_invalid += sum(answer is None for answer in answers)
         scores = [benchmark.score(answer, item) for answer in answers]
         row = {name: sum(s[name] for s in scores) / len(scores) for name in benchmark.metric_names}

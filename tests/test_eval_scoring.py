@@ -205,6 +205,25 @@ def test_evaluate_generations_maj_and_pass():
     assert m["invalid_rate"] == pytest.approx(1 / 8)
 
 
+@pytest.mark.parametrize("name, row, generation, score", [
+    # a model that runs on past its answer into an invented next few-shot block: that block's
+    # answer is not this item's
+    ("GSM8k", {"question": "q", "answer": "#### 7"}, "3 + 4 = 7. The answer is 7.\n\nQuestion: x\nThe answer is 9",
+     {"accuracy": 1.0}),
+    ("MATH", {"problem": "p", "solution": "so \\boxed{2}", "type": "Algebra", "level": "Level 1"},
+     "1 + 1 = \\boxed{2}\n\nProblem: next\nSo \\boxed{5}", {"accuracy": 1.0}),
+    ("DROP", {"passage": "p", "question": "q", "answers_spans": {"spans": ["Paris"], "types": ["span"]}},
+     "Answer: Paris\n\nPassage: other\nQuestion: q2\nAnswer: Rome", {"em": 1.0, "f1": 1.0}),
+    ("BoolQ", {"passage": "p", "question": "q", "answer": False},
+     "Answer: B\n\nPassage: p2\nQuestion: q2?\nA. yes\nB. no\nAnswer: A", {"accuracy": 1.0}),
+])
+def test_an_invented_next_block_is_not_scored(name, row, generation, score):
+    benchmark = BENCHMARKS[name]
+    item = benchmark.make_item(row, [])
+    assert scoring.evaluate_generations(benchmark, [item], [[generation]])[benchmark.correct_metric] == \
+        score[benchmark.correct_metric]
+
+
 def test_mmlu_macro_average_over_subjects():
     mmlu = BENCHMARKS["MMLU"]
     options = ("a", "b", "c", "d")
