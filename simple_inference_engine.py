@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from data_io.text_tokenizer import TextTokenizer, load_tokenizer
+from data_io.rows import parse_conditions
+from data_io.text_tokenizer import BOQ, EOQ, TextTokenizer, condition_token, load_tokenizer
 from models import attention as attn_lib
 from models.config import ArchConfig
 from models.layers import CachedContext
@@ -89,10 +90,14 @@ class SimpleEngine:
         return list(self.tokenizer.conditions)
 
     def encode_prompt(self, text: str, condition: str) -> list[int]:
-        if condition not in self.tokenizer.conditions:
-            raise ValueError(f"unknown condition {condition!r}; this tokenizer knows {self.known_conditions()}")
+        """boq + one token per condition + text + eoq, as data_io.tokenize packs training rows;
+        `condition` is one name or a comma list ("cot,synth")."""
+        names = parse_conditions(condition, "prompt")
+        unknown = [c for c in names if c not in self.tokenizer.conditions]
+        if unknown:
+            raise ValueError(f"unknown condition {unknown}; this tokenizer knows {self.known_conditions()}")
         ids = self.tokenizer.special_ids
-        return [ids["<|boq|>"], ids[f"<|{condition}|>"], *self.tokenizer.encode_batch([text])[0], ids["<|eoq|>"]]
+        return [ids[BOQ], *(ids[condition_token(c)] for c in names), *self.tokenizer.encode_batch([text])[0], ids[EOQ]]
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -189,7 +194,8 @@ def heldout_accuracy(engine: SimpleEngine, rows: list[dict], batch_size: int = 6
     """Exact match of greedy generations against the rows' responses."""
     by_condition: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
-        by_condition.setdefault(row.get("condition", "direct").split(",")[0], []).append(i)
+        conditions = parse_conditions(row.get("condition"), f"held-out row {i}")
+        by_condition.setdefault(",".join(conditions), []).append(i)
     correct = 0
     for condition, indices in by_condition.items():
         outs = engine.generate([rows[i]["instruction"] for i in indices], condition, max_new_tokens,

@@ -11,7 +11,7 @@ import torch
 from conversion.convert_to_hf import check_exportable, convert
 from models.layers import PackedContext
 from models import attention as attn_lib
-from simple_inference_engine import SimpleEngine, load_run
+from simple_inference_engine import SimpleEngine, heldout_accuracy, load_run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 
@@ -84,6 +84,28 @@ def test_tiktoken_export_keeps_the_special_token_ids(tmp_path):
         assert hf(text, add_special_tokens=False)["input_ids"] == enc.encode_ordinary(text)
     boq, direct = tokenizer.special_ids["<|boq|>"], tokenizer.special_ids["<|direct|>"]
     assert hf("<|boq|><|direct|>ab", add_special_tokens=False)["input_ids"] == [boq, direct, 256]
+
+
+def test_prompts_carry_every_condition_as_training_packs_them(engine):
+    """data_io.tokenize packs a row as boq + one token per condition + text + eoq; held-out rows
+    may give the condition as null, a comma list or a list."""
+    import tiktoken
+
+    from data_io.text_tokenizer import load_tokenizer
+
+    toy = tiktoken.Encoding(name="toy", pat_str=r"\S+|\s+", mergeable_ranks={bytes([i]): i for i in range(256)},
+                            special_tokens={})
+    tokenizer = load_tokenizer(toy)  # knows direct, cot and synth
+    with_conditions = SimpleEngine(engine.model, tokenizer, engine.context_len, compile=False)
+    ids = tokenizer.special_ids
+    assert with_conditions.encode_prompt("2 + 2", "cot,synth") == [
+        ids["<|boq|>"], ids["<|cot|>"], ids["<|synth|>"], *toy.encode_ordinary("2 + 2"), ids["<|eoq|>"]]
+    with pytest.raises(ValueError, match="unknown condition"):
+        with_conditions.encode_prompt("2 + 2", "cot,nonesuch")
+    rows = [{"instruction": "2 + 2", "response": "4", "condition": None},
+            {"instruction": "2 + 2", "response": "4", "condition": ["direct"]},
+            {"instruction": "2 + 2", "response": "4"}]
+    assert 0.0 <= heldout_accuracy(engine, rows, max_new_tokens=2) <= 1.0
 
 
 def test_test_time_recurrence_override(demo_run):
