@@ -114,7 +114,10 @@ class SimpleEngine:
             else:
                 waiting.append(i)
         waiting.reverse()
-        batch_size = max(1, min(batch_size, len(waiting)))
+        # Fewer prompts than batch_size get the next power of two, not their exact count: the
+        # compiled decode step is specialised to its batch size, and every benchmark's last batch
+        # would otherwise compile one more (dynamo gives up after 8 and runs uncompiled).
+        batch_size = min(batch_size, 1 << (max(1, len(waiting)) - 1).bit_length())
         cache = self.model.new_kv_cache(batch_size, self.context_len)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         slots: list[_Slot | None] = [None] * batch_size

@@ -135,6 +135,21 @@ def test_batched_generation_with_refill_equals_one_at_a_time(engine):
     assert all(len(g) <= 6 for g in alone)
 
 
+def test_compiled_decode_compiles_once_for_batches_of_similar_size(engine):
+    """The compiled decode step is specialised to its batch size: 3 and then 4 prompts (a
+    benchmark's last, partial batch after a full one) must share one graph, and match eager."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = SimpleEngine(engine.model, engine.tokenizer, engine.context_len, compile=True)
+    prompts = [engine.encode_prompt(r, "direct") for r in ("add 1 2", "sort 321", "reverse 12345", "add 5 70")]
+    for batch in (prompts[:4], prompts[:3]):
+        assert compiled.generate_ids(batch, max_new_tokens=3, batch_size=4) == \
+            engine.generate_ids(batch, max_new_tokens=3, batch_size=4)
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 def test_generation_stops_at_eoa_token_limit_and_skips_overlong_prompts(engine):
     eoa = engine.tokenizer.special_ids["<|eoa|>"]
     prompts = [engine.encode_prompt("add 1 2", "direct"), [5] * (engine.context_len + 3),
