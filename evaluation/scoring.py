@@ -183,7 +183,7 @@ def extract_choice(generation: str, options: Sequence[str]) -> str | None:
     """The option letter a generation picks, or None (invalid).
 
     Looks at the first line after the last "answer is" / "answer:" (or of the whole generation) and
-    accepts "B", "(b)", "B.", "B) text", "B: text", "**B**", "B text" when text is option B, or
+    accepts "B", "(b)", "B.", "B) text", "b) text", "B: text", "**B**", "B text" when text is option B, or
     exactly one option's text ("Yes" for BoolQ). A letter outside the options is invalid.
     """
     letters = option_letters(len(options))
@@ -195,8 +195,8 @@ def extract_choice(generation: str, options: Sequence[str]) -> str | None:
         letter = match.group(1).upper()
     elif match := re.match(r"\(([A-Za-z])\)", line):  # "(b) text"
         letter = match.group(1).upper()
-    elif match := re.match(r"([A-Z])[.):](\s|$)", line):  # "B. text"
-        letter = match.group(1)
+    elif match := re.match(r"([A-Za-z])[.):](\s|$)", line):  # "B. text", "b) text"
+        letter = match.group(1).upper()
     elif (match := re.match(r"([A-Z])\s+(.+)", line)) and match.group(1) in letters:
         # "B Paris" names option B; "A dog runs" starts with an article and names nothing.
         if _plain(match.group(2)) == _plain(options[letters.index(match.group(1))]):

@@ -116,6 +116,9 @@ FOUR = ["Paris", "London", "Rome", "Berlin"]
     ("(B)", "B"),
     ("B.", "B"),
     ("B) London", "B"),
+    ("Answer: b) London", "B"),
+    ("c. Rome", "C"),
+    ("e.g. Rome", None),  # "e." is no option letter, and the line is not option C's text
     ("C: Rome\nbecause it is the capital", "C"),
     ("**B**", "B"),
     ("The answer is B", "B"),
