@@ -92,8 +92,10 @@ class TransformersEngine:
     def known_conditions(self) -> list[str]:
         return list(self.condition_prefix)
 
-    def generate(self, prompts, condition, max_new_tokens, temperature, num_samples, batch_size):
+    def generate(self, prompts, condition, max_new_tokens, temperature, num_samples, batch_size, seed: int = 0):
         require_known_condition(condition, self.known_conditions())
+        if temperature > 0:
+            self.torch.manual_seed(seed)  # sampled runs repeat, as the native engine's do
         encoded = [self.condition_prefix[condition] + ids + self.suffix
                    for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
         # Greedy samples are all alike: decode once and repeat (generate refuses greedy with

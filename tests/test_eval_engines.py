@@ -51,6 +51,9 @@ def test_batched_greedy_equals_one_at_a_time(engine):
 def test_sampling_shapes_and_unknown_condition(engine):
     out = engine.generate(["hello", "a b", "c"], "cot", max_new_tokens=4, temperature=1.0, num_samples=3, batch_size=4)
     assert [len(samples) for samples in out] == [3, 3, 3]
+    torch.manual_seed(1234)  # the global state must not matter: the run is seeded
+    again = engine.generate(["hello", "a b", "c"], "cot", max_new_tokens=4, temperature=1.0, num_samples=3, batch_size=4)
+    assert again == out
     with pytest.raises(UnknownConditionError, match="unknown condition 'synth'.*knows: direct, cot"):
         engine.generate(["hello"], "synth", 4, 0.0, 1, 1)
 
