@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from data_io import DataError
+from data_io.text_tokenizer import STRUCTURE_TOKENS, condition_token
 
 SOURCE_SUFFIXES = (".jsonl", ".parquet")
 DEFAULT_CONDITION = "direct"
@@ -48,6 +49,10 @@ def parse_conditions(value, where: str) -> list[str]:
     else:
         raise DataError(f"{where}: field 'condition' must be a comma list string or a list of "
                         f"strings, got {value!r}")
+    reserved = [c for c in names if condition_token(c) in STRUCTURE_TOKENS]
+    if reserved:
+        raise DataError(f"{where}: condition {reserved} names a structure token ({', '.join(STRUCTURE_TOKENS)}); "
+                        "pick another condition name")
     return names or [DEFAULT_CONDITION]
 
 
@@ -66,8 +71,13 @@ def read_rows(file: Path) -> Iterator[tuple[str, str, str, list[str]]]:
     """Yields (where, instruction, response, conditions); `where` ("file:line" or "file row N")
     is for error messages."""
     if file.suffix == ".jsonl":
-        with open(file, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
+        with open(file, "rb") as f:
+            for line_no, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataError(f"{file}:{line_no}: not UTF-8 ({err.reason} at byte {err.start}); "
+                                    "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
                 if not line.strip():
                     continue
                 try:

@@ -104,6 +104,9 @@ def _load_hf(path: Path, conditions: list[str] | None) -> TextTokenizer:
         raise DataError(f"{file}: no tokenizer.json there; train one with "
                          "`python -m data_io.train_tokenizer`, or pass --tokenizer tiktoken:NAME")
     tok = Tokenizer.from_file(str(file))
+    # A row's text is text: "<|eoa|>" written in it must not become the eoa token (tiktoken's
+    # encode_ordinary behaves so too); the structure and condition tokens are inserted by id.
+    tok.encode_special_tokens = True
     added = {t.content: i for i, t in tok.get_added_tokens_decoder().items() if t.special}
     missing = [t for t in STRUCTURE_TOKENS if t not in added]
     if missing:

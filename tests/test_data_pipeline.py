@@ -207,6 +207,25 @@ def test_bad_rows_named_with_line(tmp_path, tokenized):
     (bad / "x.jsonl").write_text('{"instruction": "a", "response": "b", "condition": "nope"}\n')
     with pytest.raises(DataError, match=r"x.jsonl:1: condition \['nope'\] has no token"):
         tokenize([str(bad / "x.jsonl")], str(tok_file), str(tmp_path / "o"))
+    (bad / "x.jsonl").write_text('{"instruction": "a", "response": "b", "condition": "cot,eoa"}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:1: condition \['eoa'\] names a structure token"):
+        tokenize([str(bad / "x.jsonl")], str(tok_file), str(tmp_path / "o"))
+    (bad / "x.jsonl").write_bytes(b'{"instruction": "a", "response": "b"}\n{"instruction": "caf\xe9", "response": "b"}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:2: not UTF-8"):
+        tokenize([str(bad / "x.jsonl")], str(tok_file), str(tmp_path / "o"))
+
+
+def test_special_token_strings_in_text_stay_text(tokenized):
+    """A row that writes "<|eoa|>" in its text must not get the eoa token mid-sample (generation
+    would learn to stop there); only the framing inserts structure tokens."""
+    from data_io.text_tokenizer import load_tokenizer
+
+    _, tok_file = tokenized
+    tok = load_tokenizer(str(tok_file))
+    text = "quote <|eoa|> and <|boq|><|direct|> literally"
+    ids = tok.encode_batch([text])[0]
+    assert not set(ids) & set(tok.special_ids.values())
+    assert tok.decode(ids) == text
 
 
 def test_bad_tokenized_arrays_named(tmp_path, tokenized):
