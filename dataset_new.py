@@ -194,10 +194,22 @@ class PackedDataset:
     def efficiency(self, epoch: int) -> float:
         return self._plan(epoch).sampler.efficiency()
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self._epoch, "step": self._step}
+    def _plan_key(self) -> dict[str, int]:
+        """What fixes the packing plan: a position means the same samples only under the same one."""
+        return {"num_replicas": self.num_replicas, "batch_max_length": self.batch_max_length,
+                "max_samples_per_batch": self.max_samples_per_batch, "max_seq_len": self.max_seq_len}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def state_dict(self) -> dict:
+        return {"epoch": self._epoch, "step": self._step, "plan": self._plan_key()}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved_plan = state.get("plan")  # absent in positions saved before it was recorded
+        if saved_plan is not None and saved_plan != self._plan_key():
+            diffs = ", ".join(f"{k}: saved {saved_plan.get(k)}, now {v}" for k, v in self._plan_key().items()
+                              if saved_plan.get(k) != v)
+            raise DataError(f"{self.path}: the saved data position belongs to another packing plan ({diffs}); "
+                            "resume with the run's global_batch_size, number of GPUs and data settings, "
+                            "or start a new run")
         epoch, step = int(state["epoch"]), int(state["step"])
         if not (0 <= epoch <= self.epochs and 0 <= step <= (self.steps_per_epoch(epoch) if epoch < self.epochs else 0)):
             raise ValueError(f"dataset position {state} is outside this dataset's {self.epochs} epochs")

@@ -138,6 +138,12 @@ def sample(cfg: SampleConfig) -> dict:
                      "truncated": int((long & ~too_long).sum()), "over_max_per_file": capped,
                      "kept": len(kept), "repeat": rule.repeat})
 
+    if not any(len(plan[1]) * plan[5] for plan in plans):
+        dropped = sum(r["empty_response"] + r["too_long_dropped"] + r["over_max_per_file"] for r in rows)
+        raise DataError(f"{cfg.tokenized_path}: no sample is kept ({dropped} dropped: responses under "
+                        f"min_resp_length={cfg.min_resp_length} tokens, or longer than context_size={S}, or "
+                        "capped or repeat 0 by the rules); raise context_size or lower min_resp_length")
+
     # Pass 2: copy the kept samples into one stream, instruction then response.
     for stale in [out / "metadata.json", out / "tokens.npy", out / "tokenizer.json", *out.glob("epoch_*")]:
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)

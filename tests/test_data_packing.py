@@ -100,6 +100,11 @@ def test_resume_reproduces_remaining_batches(tmp_path):
         assert as_lists(head) + as_lists(resumed) == full
     # Epoch 2 cycles back to epoch_0: same batches as epoch 0.
     assert [b for b, s in full if s["epoch"] == 2] == [b for b, s in full if s["epoch"] == 0]
+    # A position means the same samples only under the same packing plan: other ranks or another
+    # batch size would silently skip or repeat samples.
+    for other in (dict(global_batch_size=128, num_replicas=4, rank=1), dict(global_batch_size=256, num_replicas=2, rank=1)):
+        with pytest.raises(DataError, match="another packing plan"):
+            PackedDataset(str(root), epochs=3, **other).load_state_dict(state)
 
 
 def test_every_sample_once_per_epoch_over_ranks(tmp_path):

@@ -178,6 +178,10 @@ def test_prefix_rules_and_counted_policies(tmp_path, capsys):
     assert "| long/x.jsonl | long/ |" in capsys.readouterr().out
     e = {k: np.load(tmp_path / "s" / "epoch_0" / f"{k}.npy") for k in ("inst_len", "resp_len")}
     assert len(e["inst_len"]) == 5 and (e["inst_len"] + e["resp_len"]).max() == 20
+    # A context too small for every sample is an error naming the knob, not an empty dataset.
+    with pytest.raises(DataError, match=r"no sample is kept .*raise context_size"):
+        sample(SampleConfig(tokenized_path=str(tmp_path / "tokenized"), output_path=str(tmp_path / "s3"),
+                            epochs=1, context_size=3))
 
 
 def test_incremental_tokenize(tmp_path, corpus):
