@@ -9,6 +9,7 @@ uniformly.
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -45,6 +46,12 @@ def train_tokenizer(inputs: list[str], out_dir: str, vocab_size: int = 32000,
     extra = sorted(seen_conditions - set(conditions))
     if extra:  # conditions used by the rows but not listed get their tokens too
         tok.add_special_tokens([condition_token(c) for c in extra])
+        if tok.get_vocab_size() > vocab_size:
+            # Found while training, so they come on top of it: past 65536 ids, token files
+            # double in size (int32 instead of uint16).
+            print(f"warning: the rows use conditions {extra} not in --conditions; their tokens make the "
+                  f"vocab {tok.get_vocab_size()} > --vocab-size {vocab_size}. List them in --conditions "
+                  "to stay within the size", file=sys.stderr)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))

@@ -219,6 +219,15 @@ def test_bad_rows_named_with_line(tmp_path, tokenized):
         tokenize([str(bad / "x.jsonl")], str(tok_file), str(tmp_path / "o"))
 
 
+def test_unlisted_conditions_past_the_vocab_size_are_reported(tmp_path, corpus, capsys):
+    root, _ = corpus  # its rows use cot and synth
+    tok_file = train_tokenizer([str(root)], str(tmp_path / "tok"), vocab_size=300, conditions=["direct"])
+    from tokenizers import Tokenizer
+
+    assert Tokenizer.from_file(str(tok_file)).get_vocab_size() > 300
+    assert "not in --conditions" in capsys.readouterr().err
+
+
 def test_special_token_strings_in_text_stay_text(tokenized):
     """A row that writes "<|eoa|>" in its text must not get the eoa token mid-sample (generation
     would learn to stop there); only the framing inserts structure tokens."""
