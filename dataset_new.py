@@ -20,7 +20,7 @@ A rank's batch (`pack`, and what PackedDataset yields) is a pair (batch, stats):
   stats: dict of host-side Python ints
     num_tokens (real tokens, = cu_seqlens[num_samples]), num_samples, num_label_tokens (labels
     != IGNORE_LABEL), max_seqlen, max_prefix_len, max_causal_len (0 for an empty batch); from
-    PackedDataset also epoch and step (the global step this batch belongs to).
+    PackedDataset also epoch and step (the batch's index within its epoch).
 """
 
 import json
