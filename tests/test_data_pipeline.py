@@ -202,21 +202,18 @@ def test_bad_rows_named_with_line(tmp_path, tokenized):
     _, tok_file = tokenized
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "x.jsonl").write_text('{"instruction": "a", "response": "b"}\n\n{"instruction": "a", oops\n')
-    with pytest.raises(DataError, match=r"x.jsonl:3: not valid JSON"):
-        tokenize([str(bad / "x.jsonl")], str(tok_file), str(tmp_path / "o"))
-    (bad / "x.jsonl").write_text('{"instruction": "a"}\n')
-    with pytest.raises(DataError, match=r"x.jsonl:1: field 'response' is missing"):
-        tokenize([str(bad / "x.jsonl")], str(tok_file), str(tmp_path / "o"))
-    (bad / "x.jsonl").write_text('{"instruction": "a", "response": "b", "condition": "nope"}\n')
-    with pytest.raises(DataError, match=r"x.jsonl:1: condition \['nope'\] has no token"):
-        tokenize([str(bad / "x.jsonl")], str(tok_file), str(tmp_path / "o"))
-    (bad / "x.jsonl").write_text('{"instruction": "a", "response": "b", "condition": "cot,eoa"}\n')
-    with pytest.raises(DataError, match=r"x.jsonl:1: condition \['eoa'\] names a structure token"):
-        tokenize([str(bad / "x.jsonl")], str(tok_file), str(tmp_path / "o"))
-    (bad / "x.jsonl").write_bytes(b'{"instruction": "a", "response": "b"}\n{"instruction": "caf\xe9", "response": "b"}\n')
-    with pytest.raises(DataError, match=r"x.jsonl:2: not UTF-8"):
-        tokenize([str(bad / "x.jsonl")], str(tok_file), str(tmp_path / "o"))
+    cases = [
+        (b'{"instruction": "a", "response": "b"}\n\n{"instruction": "a", oops\n', r"x.jsonl:3: not valid JSON"),
+        (b'{"instruction": "a"}\n', r"x.jsonl:1: field 'response' is missing"),
+        (b'{"instruction": "a", "response": "b", "condition": "nope"}\n', r"x.jsonl:1: condition \['nope'\] has no token"),
+        (b'{"instruction": "a", "response": "b", "condition": "cot,eoa"}\n',
+         r"x.jsonl:1: condition \['eoa'\] names a structure token"),
+        (b'{"instruction": "a", "response": "b"}\n{"instruction": "caf\xe9", "response": "b"}\n', r"x.jsonl:2: not UTF-8"),
+    ]
+    for content, message in cases:
+        (bad / "x.jsonl").write_bytes(content)
+        with pytest.raises(DataError, match=message):
+            tokenize([str(bad / "x.jsonl")], str(tok_file), str(tmp_path / "o"))
 
 
 def test_unlisted_conditions_past_the_vocab_size_are_reported(tmp_path, corpus, capsys):
