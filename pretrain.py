@@ -11,6 +11,7 @@ data (dataset_new.py), model (models/), FSDP2 (training/parallel.py), optimizer
 (training/checkpoint.py) and metrics (training/logger.py). `--help` lists every key.
 """
 
+import functools
 import json
 import math
 import os
@@ -207,14 +208,17 @@ def run(cfg: TrainConfig, d: Dist) -> None:
     compiled = cfg.compile is True or (cfg.compile == "auto" and d.device.type == "cuda")
     if compiled:
         compile_blocks(model, activation_memory_budget=cfg.activation_memory_budget)
-    optimizer = AdamATan2(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                          weight_decay=cfg.weight_decay, ema_rate=cfg.ema_rate, compile=compiled)
+
+    def new_optimizer() -> AdamATan2:
+        return AdamATan2(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                         weight_decay=cfg.weight_decay, ema_rate=cfg.ema_rate, compile=compiled)
+
+    optimizer = new_optimizer()
 
     step = 0
     if resume_dir is not None and cfg.weights_only_resume_from_ema:
         ckpt.load_ema_weights(resume_ckpt, model, optimizer)
-        optimizer = AdamATan2(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                              weight_decay=cfg.weight_decay, ema_rate=cfg.ema_rate, compile=compiled)
+        optimizer = new_optimizer()
         if d.is_main:
             print(f"SFT: starting from the EMA weights of {resume_ckpt} with a fresh optimizer", flush=True)
     elif resume_dir is not None:
@@ -225,6 +229,10 @@ def run(cfg: TrainConfig, d: Dist) -> None:
         if d.is_main:
             print(f"resuming {resume_ckpt} at step {step} (data position {state['data']})", flush=True)
 
+    @functools.cache
+    def flops_per_token(bp_steps: int) -> float:  # the gradient depth changes during the bp warmup
+        return executed_flops_per_token(cfg.arch, vocab_size, context_len, bp_steps)
+
     logger = None
     if d.is_main:
         write_run_files(cfg, run_dir, meta, {
@@ -233,7 +241,7 @@ def run(cfg: TrainConfig, d: Dist) -> None:
             "torch": str(torch.__version__), "attention_backend": backend, "parameters": n_params,
             "vocab_size": vocab_size, "total_steps": total_steps, "last_step": last_step,
             # at full gradient depth; the bp warmup's steps execute fewer
-            "executed_flops_per_token": executed_flops_per_token(cfg.arch, vocab_size, context_len),
+            "executed_flops_per_token": flops_per_token(cfg.arch.bp_max_steps),
             "batch_max_length": batch_max_length,
         })
         logger = MetricsLogger(run_dir, cfg.project_name, cfg.run_name, cfg.model_dump(), cfg.wandb_mode,
@@ -253,8 +261,7 @@ def run(cfg: TrainConfig, d: Dist) -> None:
     stop = StopRequest()
     peak = peak_flops(d.device)
     sums: dict[str, torch.Tensor] = {}
-    # this rank's tokens and executed FLOPs since the last log (the gradient depth, hence the
-    # FLOPs per token, changes during the bp warmup)
+    # this rank's tokens and executed FLOPs since the last log
     window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
 
     def log_metrics(step, lr, bp_steps, grad_norm) -> None:
@@ -299,7 +306,7 @@ def run(cfg: TrainConfig, d: Dist) -> None:
         for name, (total, count) in metrics.items():
             sums.setdefault(name, torch.zeros(2, device=d.device)).add_(torch.stack([total, count]))
         window_tokens += stats["num_tokens"]
-        window_flops += stats["num_tokens"] * executed_flops_per_token(cfg.arch, vocab_size, context_len, bp_steps)
+        window_flops += stats["num_tokens"] * flops_per_token(bp_steps)
         bar.update(1)
 
         if step % cfg.log_interval == 0 or step == last_step:

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from data_io.rows import parse_conditions
-from data_io.text_tokenizer import BOQ, EOQ, TextTokenizer, condition_token, load_tokenizer
+from data_io.text_tokenizer import TextTokenizer, load_tokenizer
 from models import attention as attn_lib
 from models.config import ArchConfig
 from models.layers import CachedContext
@@ -96,8 +96,7 @@ class SimpleEngine:
         unknown = [c for c in names if c not in self.tokenizer.conditions]
         if unknown:
             raise ValueError(f"unknown condition {unknown}; this tokenizer knows {self.known_conditions()}")
-        ids = self.tokenizer.special_ids
-        return [ids[BOQ], *(ids[condition_token(c)] for c in names), *self.tokenizer.encode_batch([text])[0], ids[EOQ]]
+        return self.tokenizer.instruction_ids(self.tokenizer.encode_batch([text])[0], names)
 
     # -- generation -----------------------------------------------------------------------------
 

@@ -431,11 +431,11 @@ def main() -> None:
                                            f"arch.attn_backend={backend_name}"])
             arch = cfg.arch
             backend = attn_lib.resolve_backend(arch.attn_backend, device)
+            budget = cfg.activation_memory_budget if args.memory_budget is None else args.memory_budget
             for shape in args.shapes.split(","):
                 tokens = args.tokens if shape == "mix" else args.full_tokens
                 for variant in args.variants.split(","):
                     try:
-                        budget = cfg.activation_memory_budget if args.memory_budget is None else args.memory_budget
                         row = run_ours(args, d, arch, variant, shape, tokens, backend, budget)
                     except torch.OutOfMemoryError:
                         row = {"model": f"{net}:{size}", "variant": variant, "shape": shape, "tokens": tokens,

@@ -42,6 +42,12 @@ class TextTokenizer:
             return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
         return self.backend.encode_ordinary_batch(texts)
 
+    def instruction_ids(self, text_ids: list[int], conditions: list[str]) -> list[int]:
+        """How an instruction is framed, in training data and in prompts alike: boq, one token per
+        condition, the text, eoq."""
+        ids = self.special_ids
+        return [ids[BOQ], *(ids[condition_token(c)] for c in conditions), *text_ids, ids[EOQ]]
+
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids]
         if self.kind == "hf":

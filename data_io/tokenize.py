@@ -23,7 +23,7 @@ from tqdm import tqdm
 from data_io import DataError
 from data_io.rows import count_lines, find_sources, read_rows
 from data_io.spans import save_spans, token_dtype
-from data_io.text_tokenizer import BOQ, EOA, EOQ, TextTokenizer, condition_token, load_tokenizer
+from data_io.text_tokenizer import EOA, TextTokenizer, load_tokenizer
 
 ENCODE_BATCH_ROWS = 4096
 
@@ -74,8 +74,7 @@ def _read_record(folder: Path) -> dict | None:
 
 
 def _tokenize_file(file: Path, name: str, tok: TextTokenizer, target: Path, record: dict) -> None:
-    ids = tok.special_ids
-    boq, eoq, eoa = ids[BOQ], ids[EOQ], ids[EOA]
+    eoa = tok.special_ids[EOA]
     pieces: list[np.ndarray] = []
     inst_len: list[int] = []
     resp_len: list[int] = []
@@ -85,12 +84,12 @@ def _tokenize_file(file: Path, name: str, tok: TextTokenizer, target: Path, reco
         inst_ids = tok.encode_batch([b[1] for b in batch])
         resp_ids = tok.encode_batch([b[2] for b in batch])
         for (where, _, _, conds), i_ids, r_ids in zip(batch, inst_ids, resp_ids):
-            unknown = [c for c in conds if condition_token(c) not in ids]
+            unknown = [c for c in conds if c not in tok.conditions]
             if unknown:
                 raise DataError(f"{where}: condition {unknown} has no token in this tokenizer (it knows "
                                 f"{tok.conditions}); fix the row, or retrain the tokenizer with the "
                                 "condition (tiktoken: pass --conditions)")
-            inst = [boq] + [ids[condition_token(c)] for c in conds] + i_ids + [eoq]
+            inst = tok.instruction_ids(i_ids, conds)
             resp = r_ids + [eoa]
             pieces.append(np.asarray(inst + resp, dtype=np.int64))
             inst_len.append(len(inst))
