@@ -4,13 +4,12 @@ reference and forward+backward time, on random packed batches shaped like real t
     python3 bench/attention_check.py
     python3 bench/attention_check.py --flex-sweep   # flex kernel options, timed and checked
 
-Needs only torch (and numpy); loads models/attention.py by path so that nothing else of the repo
-(hydra, pydantic, ...) has to be installed. Prints a table; see bench/attention_check.txt.
+Needs only torch (and numpy): models/attention.py imports nothing else of the repo (hydra,
+pydantic, ...). Prints a table; see bench/attention_check.txt.
 """
 
 import argparse
 import datetime
-import importlib.util
 import json
 import math
 import sys
@@ -20,11 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-_path = Path(__file__).resolve().parents[1] / "models" / "attention.py"
-_spec = importlib.util.spec_from_file_location("attention", _path)
-A = importlib.util.module_from_spec(_spec)
-sys.modules["attention"] = A  # torch.compile (flex) re-imports the module by name to trace its globals
-_spec.loader.exec_module(A)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from models import attention as A  # noqa: E402
 
 HEADS, HEAD_DIM, MAX_SEQLEN, SLOTS = 10, 128, 4096, 256
 TOLERANCE = 1e-2
@@ -200,13 +196,15 @@ def main():
     print(f"auto -> {A.resolve_backend('auto', device)}")
 
     rng = np.random.default_rng(0)
+    full = [(int(p), MAX_SEQLEN - int(p)) for p in rng.integers(MAX_SEQLEN // 8, MAX_SEQLEN * 7 // 8, 2)]
     if args.flex_sweep:
-        full = [(int(p), MAX_SEQLEN - int(p)) for p in rng.integers(MAX_SEQLEN // 8, MAX_SEQLEN * 7 // 8, 2)]
         flex_sweep("2 full-length samples", full, 2 * MAX_SEQLEN, device)
         flex_sweep("realistic mix", random_samples(rng, 16384 - 64), 16384, device)
         return
     realistic = EDGE + random_samples(rng, 16384 - sum(p + c for p, c in EDGE) - 64)
     check_batch("realistic", realistic, 16384, backends, device, timing=True)
+    # The shape of the peer comparison (bench/train_throughput.py --shapes full): no padding tail.
+    check_batch("2 full-length", full, 2 * MAX_SEQLEN, backends, device, timing=True)
     # Samples the loader should drop (no prefix, no response) must still not break the kernels.
     degenerate = [(0, 50), (7, 0), (1, 1)] + random_samples(rng, 4000)
     check_batch("degenerate", degenerate, 4096, backends, device, timing=False)

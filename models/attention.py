@@ -14,6 +14,10 @@ Backends, all computing exactly that:
           tokens and whose keys are the whole sample, with the causal mask aligned bottom-right
           (query j of a c-token response over an n-token sample sees keys 0 .. j + n - c).
 - fa3:    the same two passes through FlashAttention 3 (flash_attn_interface), Hopper only.
+- fa4:    the same two passes through FlashAttention 4 (flash_attn.cute, CuTe DSL kernels compiled
+          at first use), Hopper and Blackwell. Its kernels take `seqused`, so neither pass gathers:
+          the prefix pass reads the first prefix_lens[i] rows of each sample, and the response pass
+          starts each sample's queries at its first response token (cu_seqlens + prefix_lens).
 - flex:   flex_attention with a BlockMask built from the same metadata. CUDA only: in torch 2.13
           flex_attention runs forward on CPU but raises on backward there, so it cannot train on CPU.
 
@@ -26,6 +30,7 @@ import importlib.util
 import inspect
 import logging
 from dataclasses import dataclass
+from typing import Optional  # torch.library's schema inference reads Optional on every torch version
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +46,14 @@ try:
 except ImportError:
     flash_attn_varlen_func = None
 
+try:  # FlashAttention 4 (pip install flash-attn-4); its private entry points take seqused + LSE
+    from flash_attn.cute.interface import _flash_attn_bwd as _fa4_bwd_kernel, _flash_attn_fwd as _fa4_fwd_kernel
+except (ImportError, OSError):
+    _fa4_fwd_kernel = _fa4_bwd_kernel = None
+
 log = logging.getLogger(__name__)
 
-BACKENDS = ("sdpa", "varlen", "fa3", "flex")
+BACKENDS = ("sdpa", "varlen", "fa3", "fa4", "flex")
 ATTN_TYPES = ("prefixlm", "causal")
 # Fastest first, as measured on an H100 (bench/attention_check.txt): compiled flex beats the two-pass
 # varlen by about 3x on prefix-LM batches; fa3 is untested there (not installed) and ranks next.
@@ -77,6 +87,14 @@ def _unavailable_reason(name: str, device: torch.device) -> str | None:
             return "flash_attn_interface (FlashAttention 3) is not installed"
         if torch.cuda.get_device_capability(device)[0] != 9:
             return f"fa3 needs a Hopper GPU (sm90), found {torch.cuda.get_device_name(device)}"
+        return None
+    if name == "fa4":
+        if device.type != "cuda":
+            return "fa4 needs a CUDA device"
+        if _fa4_fwd_kernel is None:
+            return "flash_attn.cute (FlashAttention 4: pip install flash-attn-4) is not installed"
+        if torch.cuda.get_device_capability(device)[0] not in (9, 10):
+            return f"fa4 needs a Hopper or Blackwell GPU (sm90/sm100), found {torch.cuda.get_device_name(device)}"
         return None
     if name == "flex":
         if device.type != "cuda":
@@ -140,6 +158,12 @@ class PackedLayout:
     response_cu: torch.Tensor | None = None  # int32 [M+1]: responses, in gathered response rows
     response_idx: torch.Tensor | None = None  # int64 [L]
     response_rows_valid: torch.Tensor | None = None  # bool [L]
+    # fa4 (no gathers): the prefix pass uses the first prefix_lens[i] rows of sample i; the response
+    # pass's sample i starts at response_starts[i] and uses response_lens[i] query rows.
+    is_prefix: torch.Tensor | None = None  # bool [L]
+    prefix_lens: torch.Tensor | None = None  # int32 [M]
+    response_starts: torch.Tensor | None = None  # int32 [M+1]
+    response_lens: torch.Tensor | None = None  # int32 [M]
 
 
 def _may_attend(seg_q, seg_k, prefix_end_q, q_idx, k_idx):
@@ -202,7 +226,7 @@ def build_layout(
 ) -> PackedLayout:
     """cu_seqlens int32 [M+1] (padding slots repeat the total: zero-length samples), prefix_lens
     int32 [M], total_len L (static), max_seqlen a static upper bound on any sample's length.
-    `backend` is a resolved name (see resolve_backend). No host syncs for varlen / fa3."""
+    `backend` is a resolved name (see resolve_backend). No host syncs for varlen / fa3 / fa4."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose from {BACKENDS}")
     if attn_type not in ATTN_TYPES:
@@ -223,6 +247,13 @@ def build_layout(
         layout.dense_mask = _may_attend(seg[:, None], seg[None, :], prefix_end[:, None], tokens[:, None], tokens[None, :])
     elif backend == "flex":
         layout.block_mask = _block_mask_builder(device)(seg, prefix_end, total_len)
+    elif backend == "fa4":
+        layout.cu_seqlens = cu_seqlens.to(torch.int32)
+        if attn_type == "prefixlm":
+            layout.is_prefix = token_valid & (tokens < prefix_end)
+            layout.prefix_lens = prefix.to(torch.int32)
+            layout.response_starts = (cu + F.pad(prefix, (0, 1))).to(torch.int32)
+            layout.response_lens = (cu[1:] - cu[:-1] - prefix).to(torch.int32)
     else:
         layout.cu_seqlens = cu_seqlens.to(torch.int32)
         if attn_type == "prefixlm":
@@ -306,10 +337,75 @@ def _two_pass(q, k, v, layout: PackedLayout) -> torch.Tensor:
     return out.index_add(0, idx, _only_rows(rows, out_response))
 
 
+# FlashAttention 4 as torch custom ops, so that torch.compile traces through the attention call
+# (an autograd.Function around CuTe DSL kernels would break each compiled block's graph in two).
+
+
+@torch.library.custom_op("hrm_text::fa4_forward", mutates_args=())
+def _fa4_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+                 used_q: Optional[torch.Tensor], used_k: Optional[torch.Tensor], max_len: int,
+                 causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _fa4_fwd_kernel(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, seqused_q=used_q, seqused_k=used_k,
+                           max_seqlen_q=max_len, max_seqlen_k=max_len, causal=causal, return_lse=True)
+
+
+@_fa4_forward.register_fake
+def _(q, k, v, cu_q, cu_k, used_q, used_k, max_len, causal):
+    return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)  # out, LSE [H, L]
+
+
+@torch.library.custom_op("hrm_text::fa4_backward", mutates_args=())
+def _fa4_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                  lse: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, used_q: Optional[torch.Tensor],
+                  used_k: Optional[torch.Tensor], max_len: int,
+                  causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _fa4_bwd_kernel(q, k, v, out, grad_out, lse, causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+                           seqused_q=used_q, seqused_k=used_k, max_seqlen_q=max_len, max_seqlen_k=max_len)
+
+
+@_fa4_backward.register_fake
+def _(grad_out, q, k, v, out, lse, cu_q, cu_k, used_q, used_k, max_len, causal):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _fa4_save(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, used_q, used_k, ctx.max_len, ctx.causal = inputs
+    ctx.save_for_backward(q, k, v, *output, cu_q, cu_k, used_q, used_k)
+
+
+def _fa4_grad(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse, cu_q, cu_k, used_q, used_k = ctx.saved_tensors
+    dq, dk, dv = _fa4_backward(grad_out, q, k, v, out, lse, cu_q, cu_k, used_q, used_k, ctx.max_len, ctx.causal)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_fa4_forward.register_autograd(_fa4_grad, setup_context=_fa4_save)
+
+
+def _fa4_two_pass(q, k, v, layout: PackedLayout) -> torch.Tensor:
+    """The two passes of `_two_pass` without gathers. The kernels leave rows outside their
+    sequences (and those rows' gradients) unwritten, so every input is zeroed outside the rows its
+    pass uses: the masks' backward then zeroes those gradients too."""
+    n, cu, valid = layout.max_seqlen, layout.cu_seqlens, layout.token_valid
+    k_all, v_all = _only_rows(valid, k), _only_rows(valid, v)
+    if layout.attn_type == "causal":
+        out, _ = _fa4_forward(_only_rows(valid, q), k_all, v_all, cu, cu, None, None, n, True)
+        return _only_rows(valid, out)
+    is_prefix, prefix = layout.is_prefix, layout.prefix_lens
+    qp, kp, vp = (_only_rows(is_prefix, x) for x in (q, k, v))
+    out_prefix, _ = _fa4_forward(qp, kp, vp, cu, cu, prefix, prefix, n, False)
+    is_response = valid & ~is_prefix
+    out_response, _ = _fa4_forward(_only_rows(is_response, q), k_all, v_all, layout.response_starts, cu,
+                                   layout.response_lens, None, n, True)
+    return torch.where(is_prefix[:, None, None], out_prefix, _only_rows(is_response, out_response))
+
+
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
     """q, k, v [L, H, D] (RoPE applied) -> [L, H, D]; softmax scale 1/sqrt(D)."""
     if layout.backend in _VARLEN_KERNELS:
         return _two_pass(q, k, v, layout)
+    if layout.backend == "fa4":
+        return _fa4_two_pass(q, k, v, layout)
     if layout.band_mask is not None:
         return _only_rows(layout.token_valid, _banded_sdpa(q, k, v, layout))
     q4, k4, v4 = (x.transpose(0, 1)[None] for x in (q, k, v))  # [1, H, L, D]
