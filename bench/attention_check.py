@@ -2,6 +2,7 @@
 reference and forward+backward time, on random packed batches shaped like real training batches.
 
     python3 bench/attention_check.py
+    python3 bench/attention_check.py --backends fa4,flex   # only these (the sdpa reference is always run)
     python3 bench/attention_check.py --flex-sweep   # flex kernel options, timed and checked
 
 Needs only torch (and numpy): models/attention.py imports nothing else of the repo (hydra,
@@ -85,6 +86,22 @@ def median_ms(fn, iters=20, warmup=3):
     return float(np.median(times))
 
 
+def kernel_ms(fn, iters=10):
+    """GPU kernel time of one fn() (summed kernel durations from the profiler): unlike the event
+    timing, it leaves out gaps where the GPU waits for the host to launch the next kernel."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    return sum(e.time_range.elapsed_us() for e in prof.events()
+               if e.device_type == DeviceType.CUDA and not e.is_user_annotation) / iters / 1e3
+
+
 def relative_errors(got, ref) -> list[float]:
     return [((x.float() - r).norm() / r.norm()).item() for x, r in zip(got, ref)]
 
@@ -107,7 +124,7 @@ def check_batch(name, samples, total_len, backends, device, timing):
         print(f"-- {attn_type}: relative error vs fp32 sdpa (||x - ref|| / ||ref||)")
         header = f"{'backend':8} {'out':>9} {'dq':>9} {'dk':>9} {'dv':>9}  {'ok':4} {'tail=0':6}"
         if timing:
-            header += f" {'layout ms':>9} {'syncs':>5} {'fwd+bwd ms':>10}"
+            header += f" {'layout ms':>9} {'syncs':>5} {'fwd ms':>7} {'fwd+bwd ms':>10} {'kernels ms':>10}"
         print(header)
         for backend in backends:
             leaves = [x.clone().requires_grad_() for x in (q, k, v)]
@@ -125,7 +142,12 @@ def check_batch(name, samples, total_len, backends, device, timing):
                     out = A.packed_attention(*leaves, layout)
                     torch.autograd.grad(out, leaves, grad_out)
 
-                row += f" {build_ms:9.2f} {syncs:5d} {median_ms(step):10.2f}"
+                def forward():  # as the recurrence's no-grad calls
+                    with torch.no_grad():
+                        A.packed_attention(*leaves, layout)
+
+                row += (f" {build_ms:9.2f} {syncs:5d} {median_ms(forward):7.3f} {median_ms(step):10.3f}"
+                        f" {kernel_ms(step):10.3f}")
             print(row, flush=True)
 
 
@@ -184,12 +206,13 @@ def flex_sweep(name, samples, total_len, device, candidates=FLEX_CANDIDATES):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flex-sweep", action="store_true", help="time flex kernel options instead of the backends")
+    parser.add_argument("--backends", default=None, help="comma list to check and time (default: every available one)")
     args = parser.parse_args()
     device = torch.device("cuda")
     print(f"command: python3 {' '.join(sys.argv)}")
     print(f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
     print(f"gpu: {torch.cuda.get_device_name(device)}; torch {torch.__version__}")
-    backends = A.available_backends(device)
+    backends = A.available_backends(device) if args.backends is None else args.backends.split(",")
     for name in A.BACKENDS:
         reason = A._unavailable_reason(name, device)
         print(f"backend {name:7}: {'available' if reason is None else 'UNAVAILABLE - ' + reason}")

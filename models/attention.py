@@ -18,6 +18,7 @@ Backends, all computing exactly that:
           at first use), Hopper and Blackwell. Its kernels take `seqused`, so neither pass gathers:
           the prefix pass reads the first prefix_lens[i] rows of each sample, and the response pass
           starts each sample's queries at its first response token (cu_seqlens + prefix_lens).
+          Checked on an H100 with flash-attn-4 4.0.0b9 + nvidia-cutlass-dsl 4.4.2; slower than flex there.
 - flex:   flex_attention with a BlockMask built from the same metadata. CUDA only: in torch 2.13
           flex_attention runs forward on CPU but raises on backward there, so it cannot train on CPU.
 
@@ -48,16 +49,19 @@ except ImportError:
 
 try:  # FlashAttention 4 (pip install flash-attn-4); its private entry points take seqused + LSE
     from flash_attn.cute.interface import _flash_attn_bwd as _fa4_bwd_kernel, _flash_attn_fwd as _fa4_fwd_kernel
-except (ImportError, OSError):
+    _fa4_import_error = None
+except Exception as exc:  # not installed, or installed beside an nvidia-cutlass-dsl it does not fit
     _fa4_fwd_kernel = _fa4_bwd_kernel = None
+    _fa4_import_error = f"{type(exc).__name__}: {exc}"
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("sdpa", "varlen", "fa3", "fa4", "flex")
 ATTN_TYPES = ("prefixlm", "causal")
-# Fastest first, as measured on an H100 (bench/attention_check.txt): compiled flex beats the two-pass
-# varlen by about 3x on prefix-LM batches; fa3 is untested there (not installed) and ranks next.
-_AUTO_ORDER = ("flex", "fa3", "varlen", "sdpa")
+# Fastest first, as measured on an H100 (bench/RESULTS.md §2, §11): compiled flex beats the two-pass
+# varlen by about 3x on prefix-LM batches, and FlashAttention 4 (4.0.0b9) by 1.2-1.6x in kernel time;
+# fa3 is untested (not installed there).
+_AUTO_ORDER = ("flex", "fa4", "fa3", "varlen", "sdpa")
 
 # torch 2.10 spells causal `is_causal=True`; torch >= 2.11 replaced it with window_size=(-1, 0).
 if varlen_attn is not None and "window_size" in inspect.signature(varlen_attn).parameters:
@@ -92,7 +96,7 @@ def _unavailable_reason(name: str, device: torch.device) -> str | None:
         if device.type != "cuda":
             return "fa4 needs a CUDA device"
         if _fa4_fwd_kernel is None:
-            return "flash_attn.cute (FlashAttention 4: pip install flash-attn-4) is not installed"
+            return f"flash_attn.cute (FlashAttention 4: pip install flash-attn-4) cannot be imported: {_fa4_import_error}"
         if torch.cuda.get_device_capability(device)[0] not in (9, 10):
             return f"fa4 needs a Hopper or Blackwell GPU (sm90/sm100), found {torch.cuda.get_device_name(device)}"
         return None
