@@ -146,9 +146,10 @@ def probe(name, samples, total_len, slots, handle, attn_type):
         grads = [p.backward(q, k, v, o, s, grad_out) for p, (o, s) in zip(passes, outs)]
         return out, [sum(g[i] for g in grads) for i in range(3)]
 
-    out, (dq, dk, dv) = fwd_bwd()
-    errs = relative_errors((out, dq, dk, dv), ref)
-    ok = max(errs) < 1e-2
+    got = fwd_bwd()
+    got = (got[0], *got[1])
+    errs = relative_errors(got, ref)
+    ok = all(e < 1e-2 for e in errs) and all(torch.isfinite(x).all().item() for x in got)  # NaN fails
     flex_layout = A.build_layout(cu, prefix.int(), total_len, CONTEXT, "flex", attn_type)
     fl = [x.clone().requires_grad_() for x in (q, k, v)]
 

@@ -58,9 +58,9 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("sdpa", "varlen", "fa3", "fa4", "flex")
 ATTN_TYPES = ("prefixlm", "causal")
-# Fastest first, as measured on an H100 (bench/RESULTS.md §2, §11): compiled flex beats the two-pass
-# varlen by about 3x on prefix-LM batches, and FlashAttention 4 (4.0.0b9) by 1.2-1.6x in kernel time;
-# fa3 is untested (not installed there).
+# Fastest first, as measured on an H100 (bench/RESULTS.md §2, §11): on prefix-LM batches compiled flex
+# beats the two-pass varlen by about 3x and FlashAttention 4 (4.0.0b9) by 1.2-1.6x in kernel time
+# (on plain causal batches fa4 ties or wins by 10%); fa3 is untested (not installed there).
 _AUTO_ORDER = ("flex", "fa4", "fa3", "varlen", "sdpa")
 
 # torch 2.10 spells causal `is_causal=True`; torch >= 2.11 replaced it with window_size=(-1, 0).
@@ -153,7 +153,7 @@ class PackedLayout:
     band_keys: torch.Tensor | None = None  # int64 [nb, B + 2W], clamped into [0, L)
     band_mask: torch.Tensor | None = None
     block_mask: BlockMask | None = None  # flex
-    # varlen / fa3. Gathered rows j < (number of such tokens) read token idx[j]; later rows are
+    # varlen / fa3 (cu_seqlens also fa4). Gathered rows j < (number of such tokens) read token idx[j]; later rows are
     # unused (idx 0, rows_valid False). The causal pass's keys are the untouched token axis.
     cu_seqlens: torch.Tensor | None = None  # int32 [M+1]: whole samples (causal-pass keys)
     prefix_cu: torch.Tensor | None = None  # int32 [M+1]: prefixes, in gathered prefix rows
@@ -243,6 +243,7 @@ def build_layout(
     seg = torch.searchsorted(cu[1:], tokens, right=True)
     prefix_end = cu[seg] + F.pad(prefix, (0, 1))[seg]
     token_valid = tokens < cu[-1]
+    is_prefix = token_valid & (tokens < prefix_end)
     layout = PackedLayout(backend, attn_type, max_seqlen, token_valid)
 
     if backend == "sdpa" and 2 * max_seqlen <= total_len:
@@ -254,14 +255,13 @@ def build_layout(
     elif backend == "fa4":
         layout.cu_seqlens = cu_seqlens.to(torch.int32)
         if attn_type == "prefixlm":
-            layout.is_prefix = token_valid & (tokens < prefix_end)
+            layout.is_prefix = is_prefix
             layout.prefix_lens = prefix.to(torch.int32)
             layout.response_starts = (cu + F.pad(prefix, (0, 1))).to(torch.int32)
             layout.response_lens = (cu[1:] - cu[:-1] - prefix).to(torch.int32)
     else:
         layout.cu_seqlens = cu_seqlens.to(torch.int32)
         if attn_type == "prefixlm":
-            is_prefix = token_valid & (tokens < prefix_end)
             layout.prefix_cu = _cumulative(prefix)
             layout.prefix_idx, layout.prefix_rows_valid = _compact(is_prefix)
             layout.response_cu = _cumulative(cu[1:] - cu[:-1] - prefix)
@@ -355,7 +355,8 @@ def _fa4_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.
 
 @_fa4_forward.register_fake
 def _(q, k, v, cu_q, cu_k, used_q, used_k, max_len, causal):
-    return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)  # out, LSE [H, L]
+    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+    return out, q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)  # LSE [H, L]
 
 
 @torch.library.custom_op("hrm_text::fa4_backward", mutates_args=())
@@ -377,7 +378,7 @@ def _fa4_save(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, *output, cu_q, cu_k, used_q, used_k)
 
 
-def _fa4_grad(ctx, grad_out, _grad_lse):
+def _fa4_grad(ctx, grad_out, _grad_lse):  # the LSE is an internal output: nothing uses it but backward
     q, k, v, out, lse, cu_q, cu_k, used_q, used_k = ctx.saved_tensors
     dq, dk, dv = _fa4_backward(grad_out, q, k, v, out, lse, cu_q, cu_k, used_q, used_k, ctx.max_len, ctx.causal)
     return dq, dk, dv, None, None, None, None, None, None
@@ -389,7 +390,8 @@ _fa4_forward.register_autograd(_fa4_grad, setup_context=_fa4_save)
 def _fa4_two_pass(q, k, v, layout: PackedLayout) -> torch.Tensor:
     """The two passes of `_two_pass` without gathers. The kernels leave rows outside their
     sequences (and those rows' gradients) unwritten, so every input is zeroed outside the rows its
-    pass uses: the masks' backward then zeroes those gradients too."""
+    pass uses: the masks' backward then zeroes those gradients too. The cost: each gradient-carrying
+    call saves six masked [L, H, D] copies for backward."""
     n, cu, valid = layout.max_seqlen, layout.cu_seqlens, layout.token_valid
     k_all, v_all = _only_rows(valid, k), _only_rows(valid, v)
     if layout.attn_type == "causal":

@@ -112,22 +112,24 @@ def fake_varlen_kernel(q, k, v, cu_q, cu_k, max_len, causal):
 
 def fa4_sequences(cu_q, cu_k, used_q, used_k):
     """Query and key row ranges of each sequence under FlashAttention 4's varlen contract: sequence
-    i starts at cu[i] and spans `used[i]` rows when given, else up to cu[i + 1]."""
+    i starts at cu[i] and spans `used[i]` rows when given, else up to cu[i + 1]. Its metadata must
+    be contiguous int32, as FA4 asserts."""
+    for meta in (cu_q, cu_k, used_q, used_k):
+        assert meta is None or (meta.dtype == torch.int32 and meta.is_contiguous())
     for i in range(len(cu_q) - 1):
         nq = int(used_q[i]) if used_q is not None else int(cu_q[i + 1] - cu_q[i])
         nk = int(used_k[i]) if used_k is not None else int(cu_k[i + 1] - cu_k[i])
         yield torch.arange(int(cu_q[i]), int(cu_q[i]) + nq), torch.arange(int(cu_k[i]), int(cu_k[i]) + nk)
 
 
-def fa4_probabilities(q, k, causal):
-    """One sequence, q [nq, H, D] over k [nk, H, D], bottom-right causal: -> P [H, nq, nk], LSE [H, nq]."""
+def fa4_scores(q, k, causal):
+    """One sequence, q [nq, H, D] over k [nk, H, D], bottom-right causal: scaled scores [H, nq, nk]."""
     nq, nk = q.shape[0], k.shape[0]
     scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(q.shape[-1])
     if causal:
         allowed = torch.arange(nk)[None, :] <= torch.arange(nq)[:, None] + (nk - nq)
         scores = scores.masked_fill(~allowed, -math.inf)
-    lse = torch.logsumexp(scores, -1)
-    return torch.exp(scores - lse[..., None]), lse
+    return scores
 
 
 def fake_fa4_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k,
@@ -135,26 +137,30 @@ def fake_fa4_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, 
     """Python stand-in for flash_attn.cute's forward: rows outside every sequence are NaN, as
     torch.empty may leave them, so a caller that reads them fails loudly."""
     assert return_lse
-    out, lse = torch.full_like(q, math.nan), q.new_full((q.shape[1], q.shape[0]), math.nan)
+    out = torch.full_like(q, math.nan)
+    lse = torch.full((q.shape[1], q.shape[0]), math.nan, dtype=torch.float32)
     for rows_q, rows_k in fa4_sequences(cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k):
         assert len(rows_q) <= max_seqlen_q and len(rows_k) <= max_seqlen_k
         if len(rows_q):
-            probs, lse[:, rows_q] = fa4_probabilities(q[rows_q], k[rows_k], causal)
-            out[rows_q] = torch.einsum("hqk,khd->qhd", probs, v[rows_k])
+            scores = fa4_scores(q[rows_q], k[rows_k], causal)
+            lse[:, rows_q] = torch.logsumexp(scores, -1)
+            out[rows_q] = torch.einsum("hqk,khd->qhd", torch.softmax(scores, -1), v[rows_k])
     return out, lse
 
 
 def fake_fa4_backward(q, k, v, out, dout, lse, causal, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k,
                       max_seqlen_q, max_seqlen_k):
-    """The matching backward (softmax attention's gradient by hand: custom ops run below
-    autograd); gradient rows outside every sequence are NaN."""
+    """The matching backward, by hand (custom ops run below autograd) and, like FA4's, from the
+    forward's saved `out` and `lse`: P = exp(S - lse), and dS = P * (dP - rowsum(out * dout)).
+    Gradient rows outside every sequence are NaN."""
     dq, dk, dv = (torch.full_like(x, math.nan) for x in (q, k, v))
     for rows_q, rows_k in fa4_sequences(cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k):
         qs, ks, vs, dos = q[rows_q], k[rows_k], v[rows_k], dout[rows_q]
-        probs, _ = fa4_probabilities(qs, ks, causal)
+        probs = torch.exp(fa4_scores(qs, ks, causal) - lse[:, rows_q, None])
         dv[rows_k] = torch.einsum("hqk,qhd->khd", probs, dos)
         dprobs = torch.einsum("qhd,khd->hqk", dos, vs)
-        dscores = probs * (dprobs - (dprobs * probs).sum(-1, keepdim=True)) / math.sqrt(q.shape[-1])
+        delta = (out[rows_q] * dos).sum(-1).transpose(0, 1)[..., None]  # [H, nq, 1]
+        dscores = probs * (dprobs - delta) / math.sqrt(q.shape[-1])
         dq[rows_q] = torch.einsum("hqk,khd->qhd", dscores, ks)
         dk[rows_k] = torch.einsum("hqk,qhd->khd", dscores, qs)
     return dq, dk, dv
@@ -188,6 +194,17 @@ def test_backend_matches_sdpa(backend, samples, attn_type, fake_varlen):
         assert torch.isfinite(got).all()
         assert (got[tail] == 0).all()
         assert (got - want).abs().max() < 1e-5
+
+
+def test_fa4_custom_ops_pass_opcheck(fake_varlen):
+    """torch's own consistency checks of the fa4 ops (schema, fake outputs against the real ones,
+    autograd registration, tracing), on sequences that cover every row: opcheck compares outputs
+    exactly, and the fake kernels leave uncovered rows NaN."""
+    lengths = torch.tensor([0, 12, 5, 1, 9], dtype=torch.int32)
+    cu = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
+    q, k, v = random_qkv(int(cu[-1]))
+    for used, causal in ((None, True), (lengths, False)):
+        torch.library.opcheck(A._fa4_forward, (q, k, v, cu, cu, used, used, 12, causal))
 
 
 def test_fa4_two_pass_compiles_to_one_graph(fake_varlen):
