@@ -138,7 +138,7 @@ def sample(cfg: SampleConfig) -> dict:
                      "truncated": int((long & ~too_long).sum()), "over_max_per_file": capped,
                      "kept": len(kept), "repeat": rule.repeat})
 
-    if not any(len(plan[1]) * plan[5] for plan in plans):
+    if not any(r["kept"] * r["repeat"] for r in rows):
         dropped = sum(r["empty_response"] + r["too_long_dropped"] + r["over_max_per_file"] for r in rows)
         raise DataError(f"{cfg.tokenized_path}: no sample is kept ({dropped} dropped: responses under "
                         f"min_resp_length={cfg.min_resp_length} tokens, or longer than context_size={S}, or "

@@ -153,8 +153,9 @@ class PackedLayout:
     band_keys: torch.Tensor | None = None  # int64 [nb, B + 2W], clamped into [0, L)
     band_mask: torch.Tensor | None = None
     block_mask: BlockMask | None = None  # flex
-    # varlen / fa3 (cu_seqlens also fa4). Gathered rows j < (number of such tokens) read token idx[j]; later rows are
-    # unused (idx 0, rows_valid False). The causal pass's keys are the untouched token axis.
+    # varlen / fa3 (cu_seqlens also fa4). Gathered rows j < (number of such tokens) read token
+    # idx[j]; later rows are unused (idx 0, rows_valid False). The causal pass's keys are the
+    # untouched token axis.
     cu_seqlens: torch.Tensor | None = None  # int32 [M+1]: whole samples (causal-pass keys)
     prefix_cu: torch.Tensor | None = None  # int32 [M+1]: prefixes, in gathered prefix rows
     prefix_idx: torch.Tensor | None = None  # int64 [L]
@@ -243,7 +244,6 @@ def build_layout(
     seg = torch.searchsorted(cu[1:], tokens, right=True)
     prefix_end = cu[seg] + F.pad(prefix, (0, 1))[seg]
     token_valid = tokens < cu[-1]
-    is_prefix = token_valid & (tokens < prefix_end)
     layout = PackedLayout(backend, attn_type, max_seqlen, token_valid)
 
     if backend == "sdpa" and 2 * max_seqlen <= total_len:
@@ -252,20 +252,21 @@ def build_layout(
         layout.dense_mask = _may_attend(seg[:, None], seg[None, :], prefix_end[:, None], tokens[:, None], tokens[None, :])
     elif backend == "flex":
         layout.block_mask = _block_mask_builder(device)(seg, prefix_end, total_len)
-    elif backend == "fa4":
+    else:  # the two-pass backends
         layout.cu_seqlens = cu_seqlens.to(torch.int32)
         if attn_type == "prefixlm":
-            layout.is_prefix = is_prefix
-            layout.prefix_lens = prefix.to(torch.int32)
-            layout.response_starts = (cu + F.pad(prefix, (0, 1))).to(torch.int32)
-            layout.response_lens = (cu[1:] - cu[:-1] - prefix).to(torch.int32)
-    else:
-        layout.cu_seqlens = cu_seqlens.to(torch.int32)
-        if attn_type == "prefixlm":
-            layout.prefix_cu = _cumulative(prefix)
-            layout.prefix_idx, layout.prefix_rows_valid = _compact(is_prefix)
-            layout.response_cu = _cumulative(cu[1:] - cu[:-1] - prefix)
-            layout.response_idx, layout.response_rows_valid = _compact(token_valid & ~is_prefix)
+            is_prefix = token_valid & (tokens < prefix_end)
+            response_lens = cu[1:] - cu[:-1] - prefix
+            if backend == "fa4":
+                layout.is_prefix = is_prefix
+                layout.prefix_lens = prefix.to(torch.int32)
+                layout.response_starts = (cu + F.pad(prefix, (0, 1))).to(torch.int32)
+                layout.response_lens = response_lens.to(torch.int32)
+            else:
+                layout.prefix_cu = _cumulative(prefix)
+                layout.prefix_idx, layout.prefix_rows_valid = _compact(is_prefix)
+                layout.response_cu = _cumulative(response_lens)
+                layout.response_idx, layout.response_rows_valid = _compact(token_valid & ~is_prefix)
     return layout
 
 

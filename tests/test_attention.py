@@ -167,7 +167,7 @@ def fake_fa4_backward(q, k, v, out, dout, lse, causal, cu_seqlens_q, cu_seqlens_
 
 
 @pytest.fixture
-def fake_varlen(monkeypatch):
+def fake_kernels(monkeypatch):
     monkeypatch.setitem(A._VARLEN_KERNELS, "varlen", fake_varlen_kernel)
     monkeypatch.setattr(A, "_fa4_fwd_kernel", fake_fa4_forward)
     monkeypatch.setattr(A, "_fa4_bwd_kernel", fake_fa4_backward)
@@ -182,7 +182,7 @@ def cpu_backends():
 @pytest.mark.parametrize("attn_type", A.ATTN_TYPES)
 @pytest.mark.parametrize("samples", [MIXED, MIXED + DEGENERATE], ids=["mixed", "degenerate"])
 @pytest.mark.parametrize("backend", cpu_backends())
-def test_backend_matches_sdpa(backend, samples, attn_type, fake_varlen):
+def test_backend_matches_sdpa(backend, samples, attn_type, fake_kernels):
     total_len = sum(p + c for p, c in samples) + 7
     cu, prefix, _ = make_batch(samples, total_len, slots=len(samples) + 3)
     q, k, v = random_qkv(total_len)
@@ -196,7 +196,7 @@ def test_backend_matches_sdpa(backend, samples, attn_type, fake_varlen):
         assert (got - want).abs().max() < 1e-5
 
 
-def test_fa4_custom_ops_pass_opcheck(fake_varlen):
+def test_fa4_custom_ops_pass_opcheck(fake_kernels):
     """torch's own consistency checks of the fa4 ops (schema, fake outputs against the real ones,
     autograd registration, tracing), on sequences that cover every row: opcheck compares outputs
     exactly, and the fake kernels leave uncovered rows NaN."""
@@ -207,7 +207,7 @@ def test_fa4_custom_ops_pass_opcheck(fake_varlen):
         torch.library.opcheck(A._fa4_forward, (q, k, v, cu, cu, used, used, 12, causal))
 
 
-def test_fa4_two_pass_compiles_to_one_graph(fake_varlen):
+def test_fa4_two_pass_compiles_to_one_graph(fake_kernels):
     """The custom ops' fake implementations let torch.compile trace the fa4 passes without a
     graph break, and the compiled result is the reference's."""
     samples = MIXED + DEGENERATE
