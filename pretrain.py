@@ -42,7 +42,7 @@ from training import checkpoint as ckpt
 from training.config import TrainConfig, to_train_config
 from training.distributed import Dist, all_reduce_sum, broadcast_object, init_distributed
 from training.logger import MetricsLogger
-from training.parallel import compile_blocks, shard_model
+from training.parallel import clip_grad_norm_, compile_blocks, reshard, shard_model
 from training.schedule import lr_at
 
 ROOT = Path(__file__).resolve().parent
@@ -166,6 +166,7 @@ def train_step(model, batch, layout, bp_steps, normalizer, num_samples):
     loss_sum, metrics = model(inputs[None].long(), batch["position_ids"][None].long(), PackedContext(layout), bp_steps,
                               labels=batch["labels"], sample_ids=sample_ids, num_samples=num_samples)
     (loss_sum / normalizer).backward()
+    reshard(model)  # the gathered weights were kept through backward; the next forward gathers the updated ones
     return metrics
 
 
@@ -276,7 +277,6 @@ def run(cfg: TrainConfig, d: Dist) -> None:
             fail(f"non-finite loss at step {step}; last good checkpoint: {done[-1] if done else 'none'}")
         elapsed = time.perf_counter() - window_start
         tokens_per_s = work[0].item() / elapsed
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         values.update({"train/lr": lr, "train/bp_steps": bp_steps, "train/grad_norm": grad_norm.item(),
                        "perf/tokens_per_s": tokens_per_s, "perf/tokens_per_s_per_device": tokens_per_s / d.world_size})
         if peak:
@@ -300,7 +300,7 @@ def run(cfg: TrainConfig, d: Dist) -> None:
                                        max_seqlen=context_len, backend=backend, attn_type=cfg.arch.attn_type)
         normalizer = loss_normalizer(batch["labels"], d.world_size)
         metrics = train_step(model, batch, layout, bp_steps, normalizer, dataset.max_samples_per_batch)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        grad_norm = clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         for name, (total, count) in metrics.items():

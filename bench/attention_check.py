@@ -2,7 +2,7 @@
 reference and forward+backward time, on random packed batches shaped like real training batches.
 
     python3 bench/attention_check.py
-    python3 bench/attention_check.py --backends fa4,flex   # only these (the sdpa reference is always run)
+    python3 bench/attention_check.py --backends flex_fa4,flex   # only these (the sdpa reference is always run)
     python3 bench/attention_check.py --flex-sweep   # flex kernel options, timed and checked
 
 Needs only torch (and numpy): models/attention.py imports nothing else of the repo (hydra,
@@ -207,7 +207,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flex-sweep", action="store_true", help="time flex kernel options instead of the backends")
     parser.add_argument("--backends", default=None, help="comma list to check and time (default: every available one)")
+    parser.add_argument("--batches", default="realistic,full,degenerate",
+                        help="comma list of the batches to run: realistic (L=16384 mix), full (2 x 4096), degenerate "
+                             "(--flex-sweep runs its own two)")
     args = parser.parse_args()
+    batches = args.batches.split(",")
+    if not set(batches) <= {"realistic", "full", "degenerate"}:
+        parser.error(f"--batches: unknown batch in {args.batches!r}; choose from realistic, full, degenerate")
     device = torch.device("cuda")
     print(f"command: python3 {' '.join(sys.argv)}")
     print(f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
@@ -218,7 +224,7 @@ def main():
         backends = [A.resolve_backend(name, device) for name in args.backends.split(",")]
     for name in A.BACKENDS:
         reason = A._unavailable_reason(name, device)
-        print(f"backend {name:7}: {'available' if reason is None else 'UNAVAILABLE - ' + reason}")
+        print(f"backend {name:8}: {'available' if reason is None else 'UNAVAILABLE - ' + reason}")
     print(f"auto -> {A.resolve_backend('auto', device)}")
 
     def full_length(rng):  # the shape of the peer comparison (train_throughput.py --shapes full)
@@ -229,13 +235,16 @@ def main():
         flex_sweep("2 full-length samples", full_length(rng), 2 * MAX_SEQLEN, device)
         flex_sweep("realistic mix", random_samples(rng, 16384 - 64), 16384, device)
         return
+    # Every batch is drawn (in this order) even when not run, so each is the same in every run.
     realistic = EDGE + random_samples(rng, 16384 - sum(p + c for p, c in EDGE) - 64)
-    check_batch("realistic", realistic, 16384, backends, device, timing=True)
-    # its own generator, so that the batches drawn from `rng` stay those of earlier runs
-    check_batch("2 full-length", full_length(np.random.default_rng(0)), 2 * MAX_SEQLEN, backends, device, timing=True)
     # Samples the loader should drop (no prefix, no response) must still not break the kernels.
     degenerate = [(0, 50), (7, 0), (1, 1)] + random_samples(rng, 4000)
-    check_batch("degenerate", degenerate, 4096, backends, device, timing=False)
+    if "realistic" in batches:
+        check_batch("realistic", realistic, 16384, backends, device, timing=True)
+    if "full" in batches:  # its own generator, so that the batches drawn from `rng` stay those of earlier runs
+        check_batch("2 full-length", full_length(np.random.default_rng(0)), 2 * MAX_SEQLEN, backends, device, timing=True)
+    if "degenerate" in batches:
+        check_batch("degenerate", degenerate, 4096, backends, device, timing=False)
 
 
 if __name__ == "__main__":

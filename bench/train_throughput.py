@@ -7,15 +7,17 @@ attention backends, and the transformers HrmTextForCausalLM step as a peer.
     python3 bench/train_throughput.py --cpu                            # tiny smoke run on a CPU
 
 Our step is pretrain.py's: FSDP2 (training/parallel.py), per-Block torch.compile, the packed
-layout built per step, chunked loss (models/lm_head.py), backward, clip_grad_norm_, AdamATan2 (with EMA), zero_grad.
+layout built per step, chunked loss (models/lm_head.py), backward, reshard, the gradient norm (training.parallel),
+AdamATan2 (with EMA), zero_grad.
 Synthetic packed batches: sample lengths lognormal (median 300) clipped to the 4096 context, the
 prefix/response split uniform, packed greedily into `--tokens` slots per GPU (random tokens, labels
 on the response). `--shape full` packs `tokens/4096` full-length samples instead.
 
 Variants (before/after of the changes measured here):
-  before  reshard_after_forward=True (FSDP2's default), block.compile() with default settings,
+  before  reshard_after_forward/backward=True (FSDP2's defaults; the step's one reshard and gradient
+          norm are the current ones), block.compile() with default settings,
           the eager AdamATan2 step (one tensor at a time, ~10 passes over memory)
-  after   reshard_after_forward=False, training.parallel.compile_blocks (dynamic=False),
+  after   reshard_after_forward/backward=False, training.parallel.compile_blocks (dynamic=False),
           the compiled AdamATan2 step (one fused kernel per tensor; models/optimizer.py)
 MFU counts executed FLOPs (models/flops.py: no-grad recurrence calls 1x, grad calls 3x, attention
 as over half the 4096 context) against the datasheet peak (989.5 TFLOP/s dense bf16 for H100/H200)
@@ -55,7 +57,7 @@ from models.optimizer import AdamATan2  # noqa: E402
 from pretrain import loss_normalizer, train_step  # noqa: E402
 from training.config import compose  # noqa: E402
 from training.distributed import init_distributed  # noqa: E402
-from training.parallel import compile_blocks, shard_model  # noqa: E402
+from training.parallel import clip_grad_norm_, compile_blocks, shard_model  # noqa: E402
 from training.schedule import lr_at  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.5, "H200": 989.5, "H800": 989.5, "A100": 312.0}
@@ -160,7 +162,7 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
     model.init_weights()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     before = variant == "before"
-    shard_model(model, dtype, reshard_after_forward=before)
+    shard_model(model, dtype, reshard_after_forward=before, reshard_after_backward=before)
     if not args.cpu:
         if before:
             torch._functorch.config.activation_memory_budget = 1.0  # compile_blocks sets it process-wide
@@ -182,7 +184,7 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
         layout = attn_lib.build_layout(batch["cu_seqlens"], batch["prefix_lens"], total_len=tokens,
                                        max_seqlen=context, backend=backend, attn_type=arch.attn_type)
         metrics = train_step(model, batch, layout, bp, loss_normalizer(batch["labels"], d.world_size), max_samples)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+        clip_grad_norm_(model.parameters(), None)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return metrics["loss"]
@@ -190,6 +192,8 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
     losses, warm_s, elapsed, frames, recompiles = timed_steps(step, args.warmup, args.steps, device)
     if args.profile and device.type == "cuda":
         profile_steps(step, args.warmup + args.steps, 2, device)
+    if args.host_profile:
+        host_profile_steps(step, args.warmup + args.steps, 2, device)
     real_tokens = sum(batches[i % len(batches)][1]["num_tokens"] for i in range(args.warmup, args.warmup + args.steps))
     pairs = sum(batches[i % len(batches)][1]["attn_pairs"] for i in range(args.warmup, args.warmup + args.steps))
     tok_s = real_tokens / elapsed
@@ -262,6 +266,26 @@ def profile_steps(step, first: int, n: int, device, top_per_group: int = 8) -> N
         top = sorted(((v, name) for (g, name), v in by_name.items() if g == group), key=lambda x: -x[0][0])
         for (us_k, count), name in top[:top_per_group]:
             log(f"    {us_k / n / 1e3:7.2f} {count / n:6.1f}  {name[:110]}")
+
+
+def host_profile_steps(step, first: int, n: int, device, top: int = 40) -> None:
+    """cProfile n steps: where the host's time goes (Python and launch overhead). Run it with a
+    small --full-tokens, where the GPU finishes first and the step time is the host's."""
+    import cProfile
+    import io
+    import pstats
+
+    sync(device)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for i in range(first, first + n):
+        step(i)
+    sync(device)
+    profiler.disable()
+    for key in ("tottime", "cumulative"):
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats(key).print_stats(top)
+        log(f"host profile, {n} steps, by {key}:\n{out.getvalue()}")
 
 
 def sync(device):
@@ -372,7 +396,7 @@ def attention_table(device):
     backends = check.A.available_backends(device)
     for name in check.A.BACKENDS:
         reason = check.A._unavailable_reason(name, device)
-        log(f"backend {name:7}: {'available' if reason is None else 'UNAVAILABLE - ' + reason}")
+        log(f"backend {name:8}: {'available' if reason is None else 'UNAVAILABLE - ' + reason}")
     log(f"auto -> {attn_lib.resolve_backend('auto', device)}")
     rng = np.random.default_rng(0)
     realistic = check.EDGE + check.random_samples(rng, 16384 - 64)
@@ -400,6 +424,8 @@ def main() -> None:
     parser.add_argument("--memory-budget", type=float, default=None,
                         help="activation_memory_budget of compile_blocks (default: cfg_pretrain's)")
     parser.add_argument("--profile", action="store_true", help="after timing, profile 2 steps: GPU time per kernel group")
+    parser.add_argument("--host-profile", action="store_true",
+                        help="after timing, cProfile 2 steps: host time per Python function")
     parser.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (smoke test, no compile)")
     args = parser.parse_args()
     if args.cpu:
@@ -469,18 +495,18 @@ def main() -> None:
     dist.destroy_process_group()
 
 
-HEADER = (f"{'model':16} {'variant':8} {'shape':5} {'tok/GPU':>7} {'attn':6} {'tok/s':>8} {'step ms':>8} "
+HEADER = (f"{'model':16} {'variant':9} {'shape':5} {'tok/GPU':>7} {'attn':8} {'tok/s':>8} {'step ms':>8} "
           f"{'TFLOP/s':>7} {'MFU pk':>6} {'MFU mm':>6} {'MFU act':>7} {'peak GiB':>8} {'warm s':>6} "
           f"{'graphs':>6} {'recomp':>6} {'loss0':>7} {'lossN':>7} {'fill':>5}")
 
 
 def format_row(row, peak, measured):
     if row.get("oom"):
-        return f"{row['model']:16} {row['variant']:8} {row['shape']:5} {row['tokens']:7d} {row['backend']:6} OUT OF MEMORY"
+        return f"{row['model']:16} {row['variant']:9} {row['shape']:5} {row['tokens']:7d} {row['backend']:8} OUT OF MEMORY"
     pk = row["tflops"] / peak if peak else float("nan")
     mm = row["tflops"] / measured if measured else float("nan")
     act = row["tflops_actual"] / peak if peak else float("nan")
-    return (f"{row['model']:16} {row['variant']:8} {row['shape']:5} {row['tokens']:7d} {row['backend']:6} "
+    return (f"{row['model']:16} {row['variant']:9} {row['shape']:5} {row['tokens']:7d} {row['backend']:8} "
             f"{row['tok_s']:8.0f} {row['step_ms']:8.1f} {row['tflops']:7.1f} {pk:6.1%} {mm:6.1%} {act:7.1%} "
             f"{row['peak_gib']:8.1f} {row['warm_s']:6.0f} {row['frames']:6d} {row['recompiles']:6d} "
             f"{row['loss_first']:7.3f} {row['loss_last']:7.3f} {row['fill']:5.2f}")

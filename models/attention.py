@@ -14,13 +14,13 @@ Backends, all computing exactly that:
           tokens and whose keys are the whole sample, with the causal mask aligned bottom-right
           (query j of a c-token response over an n-token sample sees keys 0 .. j + n - c).
 - fa3:    the same two passes through FlashAttention 3 (flash_attn_interface), Hopper only.
-- fa4:    the same two passes through FlashAttention 4 (flash_attn.cute, CuTe DSL kernels compiled
-          at first use), Hopper and Blackwell. Its kernels take `seqused`, so neither pass gathers:
-          the prefix pass reads the first prefix_lens[i] rows of each sample, and the response pass
-          starts each sample's queries at its first response token (cu_seqlens + prefix_lens).
-          Checked on an H100 with flash-attn-4 4.0.0b9 + nvidia-cutlass-dsl 4.4.2; slower than flex there.
-- flex:   flex_attention with a BlockMask built from the same metadata. CUDA only: in torch 2.13
-          flex_attention runs forward on CPU but raises on backward there, so it cannot train on CPU.
+- flex:   flex_attention with a BlockMask built from the same metadata, Triton kernels. CUDA only: in
+          torch 2.13 flex_attention runs forward on CPU but raises on backward there, so it cannot
+          train on CPU.
+- flex_fa4: the same flex_attention call and BlockMask, run by FlashAttention 4's CuTe DSL kernels
+          (torch's kernel_options BACKEND="FLASH", torch >= 2.11, flash-attn-4 installed; compiled
+          at first use): one pass, mask_mod evaluated only on the partial blocks, as with Triton.
+          Hopper and Blackwell; checked on an H100 with flash-attn-4 4.0.0b36.
 
 Generation (static KV cache) uses `generation_mask` + `cached_attention`: the prompt is prefilled
 with prefix semantics, then each new token attends causally to everything before it.
@@ -31,10 +31,10 @@ import importlib.util
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Optional  # torch.library's schema inference reads Optional on every torch version
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import flex_attention as _flex_module
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 try:
@@ -47,21 +47,15 @@ try:
 except ImportError:
     flash_attn_varlen_func = None
 
-try:  # FlashAttention 4 (pip install flash-attn-4); its private entry points take seqused + LSE
-    from flash_attn.cute.interface import _flash_attn_bwd as _fa4_bwd_kernel, _flash_attn_fwd as _fa4_fwd_kernel
-    _fa4_import_error = None
-except Exception as exc:  # not installed, or installed beside an nvidia-cutlass-dsl it does not fit
-    _fa4_fwd_kernel = _fa4_bwd_kernel = None
-    _fa4_import_error = f"{type(exc).__name__}: {exc}"
-
 log = logging.getLogger(__name__)
 
-BACKENDS = ("sdpa", "varlen", "fa3", "fa4", "flex")
+BACKENDS = ("sdpa", "varlen", "fa3", "flex", "flex_fa4")
 ATTN_TYPES = ("prefixlm", "causal")
-# Fastest first, as measured on an H100 (bench/RESULTS.md §2, §11): on prefix-LM batches compiled flex
-# beats the two-pass varlen by about 3x and FlashAttention 4 (4.0.0b9) by 1.2-1.6x in kernel time
-# (on plain causal batches fa4 ties or wins by 10%); fa3 is untested (not installed there).
-_AUTO_ORDER = ("flex", "fa4", "fa3", "varlen", "sdpa")
+# Fastest first, as measured on an H100 (bench/RESULTS.md §2, §13): on prefix-LM batches compiled flex
+# beats the two-pass varlen by about 3x; fa3 is untested (not installed there). flex_fa4 is not listed:
+# in HRM L's step its kernels take 13-39% less GPU time than flex's, but their Python launch cost
+# (~0.15 ms per forward, ~0.6 ms per backward call) makes the step host-bound and no faster (§13).
+_AUTO_ORDER = ("flex", "fa3", "varlen", "sdpa")
 
 # torch 2.10 spells causal `is_causal=True`; torch >= 2.11 replaced it with window_size=(-1, 0).
 if varlen_attn is not None and "window_size" in inspect.signature(varlen_attn).parameters:
@@ -92,21 +86,32 @@ def _unavailable_reason(name: str, device: torch.device) -> str | None:
         if torch.cuda.get_device_capability(device)[0] != 9:
             return f"fa3 needs a Hopper GPU (sm90), found {torch.cuda.get_device_name(device)}"
         return None
-    if name == "fa4":
-        if device.type != "cuda":
-            return "fa4 needs a CUDA device"
-        if _fa4_fwd_kernel is None:
-            return f"flash_attn.cute (FlashAttention 4: pip install flash-attn-4) cannot be imported: {_fa4_import_error}"
-        if torch.cuda.get_device_capability(device)[0] not in (9, 10):
-            return f"fa4 needs a Hopper or Blackwell GPU (sm90/sm100), found {torch.cuda.get_device_name(device)}"
-        return None
-    if name == "flex":
+    if name in ("flex", "flex_fa4"):
         if device.type != "cuda":
             return f"flex_attention has no backward on {device.type} in torch {torch.__version__}"
         if importlib.util.find_spec("triton") is None:
             return "flex_attention on CUDA needs triton"
+        if name == "flex":
+            return None
+        if "BACKEND" not in getattr(getattr(_flex_module, "FlexKernelOptions", None), "__annotations__", {}):
+            return f"flex_attention in torch {torch.__version__} cannot run FlashAttention 4 kernels (needs torch >= 2.11)"
+        if _fa4_import_error() is not None:
+            return f"flash_attn.cute (FlashAttention 4: pip install flash-attn-4) cannot be imported: {_fa4_import_error()}"
+        if torch.cuda.get_device_capability(device)[0] not in (9, 10):
+            return f"flex_fa4 needs a Hopper or Blackwell GPU (sm90/sm100), found {torch.cuda.get_device_name(device)}"
         return None
     raise ValueError(f"unknown attention backend {name!r}; choose from {BACKENDS + ('auto',)}")
+
+
+@functools.cache
+def _fa4_import_error() -> str | None:
+    """Why FlashAttention 4 (pip install flash-attn-4), which flex_attention's BACKEND="FLASH" calls
+    into, cannot be imported; None if it can. Checked on first need: importing it loads the CuTe DSL."""
+    try:
+        import flash_attn.cute.interface  # noqa: F401
+    except Exception as exc:  # not installed, or installed beside an nvidia-cutlass-dsl it does not fit
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def available_backends(device: torch.device | str) -> list[str]:
@@ -152,10 +157,9 @@ class PackedLayout:
     # keys band_keys[i] = [iB - W, (i+1)B + W) with W = max_seqlen - 1; band_mask [nb, B, B + 2W].
     band_keys: torch.Tensor | None = None  # int64 [nb, B + 2W], clamped into [0, L)
     band_mask: torch.Tensor | None = None
-    block_mask: BlockMask | None = None  # flex
-    # varlen / fa3 (cu_seqlens also fa4). Gathered rows j < (number of such tokens) read token
-    # idx[j]; later rows are unused (idx 0, rows_valid False). The causal pass's keys are the
-    # untouched token axis.
+    block_mask: BlockMask | None = None  # flex, flex_fa4
+    # varlen / fa3. Gathered rows j < (number of such tokens) read token idx[j]; later rows are
+    # unused (idx 0, rows_valid False). The causal pass's keys are the untouched token axis.
     cu_seqlens: torch.Tensor | None = None  # int32 [M+1]: whole samples (causal-pass keys)
     prefix_cu: torch.Tensor | None = None  # int32 [M+1]: prefixes, in gathered prefix rows
     prefix_idx: torch.Tensor | None = None  # int64 [L]
@@ -163,12 +167,6 @@ class PackedLayout:
     response_cu: torch.Tensor | None = None  # int32 [M+1]: responses, in gathered response rows
     response_idx: torch.Tensor | None = None  # int64 [L]
     response_rows_valid: torch.Tensor | None = None  # bool [L]
-    # fa4 (no gathers): the prefix pass uses the first prefix_lens[i] rows of sample i; the response
-    # pass's sample i starts at response_starts[i] and uses response_lens[i] query rows.
-    is_prefix: torch.Tensor | None = None  # bool [L]
-    prefix_lens: torch.Tensor | None = None  # int32 [M]
-    response_starts: torch.Tensor | None = None  # int32 [M+1]
-    response_lens: torch.Tensor | None = None  # int32 [M]
 
 
 def _may_attend(seg_q, seg_k, prefix_end_q, q_idx, k_idx):
@@ -231,7 +229,7 @@ def build_layout(
 ) -> PackedLayout:
     """cu_seqlens int32 [M+1] (padding slots repeat the total: zero-length samples), prefix_lens
     int32 [M], total_len L (static), max_seqlen a static upper bound on any sample's length.
-    `backend` is a resolved name (see resolve_backend). No host syncs for varlen / fa3 / fa4."""
+    `backend` is a resolved name (see resolve_backend). No host syncs for varlen / fa3."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose from {BACKENDS}")
     if attn_type not in ATTN_TYPES:
@@ -250,23 +248,17 @@ def build_layout(
         layout.band_keys, layout.band_mask = _band(seg, prefix_end, total_len, max_seqlen)
     elif backend == "sdpa":
         layout.dense_mask = _may_attend(seg[:, None], seg[None, :], prefix_end[:, None], tokens[:, None], tokens[None, :])
-    elif backend == "flex":
-        layout.block_mask = _block_mask_builder(device)(seg, prefix_end, total_len)
+    elif backend in ("flex", "flex_fa4"):
+        # int32: what the CuTe DSL kernels read inside mask_mod (and half the bytes for Triton's)
+        layout.block_mask = _block_mask_builder(device)(seg.int(), prefix_end.int(), total_len)
     else:  # the two-pass backends
         layout.cu_seqlens = cu_seqlens.to(torch.int32)
         if attn_type == "prefixlm":
             is_prefix = token_valid & (tokens < prefix_end)
-            response_lens = cu[1:] - cu[:-1] - prefix
-            if backend == "fa4":
-                layout.is_prefix = is_prefix
-                layout.prefix_lens = prefix.to(torch.int32)
-                layout.response_starts = (cu + F.pad(prefix, (0, 1))).to(torch.int32)
-                layout.response_lens = response_lens.to(torch.int32)
-            else:
-                layout.prefix_cu = _cumulative(prefix)
-                layout.prefix_idx, layout.prefix_rows_valid = _compact(is_prefix)
-                layout.response_cu = _cumulative(response_lens)
-                layout.response_idx, layout.response_rows_valid = _compact(token_valid & ~is_prefix)
+            layout.prefix_cu = _cumulative(prefix)
+            layout.prefix_idx, layout.prefix_rows_valid = _compact(is_prefix)
+            layout.response_cu = _cumulative(cu[1:] - cu[:-1] - prefix)
+            layout.response_idx, layout.response_rows_valid = _compact(token_valid & ~is_prefix)
     return layout
 
 
@@ -305,9 +297,13 @@ def _block_mask_builder(device: torch.device):
     return _compiled(_flex_block_mask) if device.type == "cuda" else _flex_block_mask
 
 
+# flex_attention's kernel_options per backend: torch's own Triton kernels, or FlashAttention 4's.
+_FLEX_KERNELS = {"flex": None, "flex_fa4": {"BACKEND": "FLASH"}}
+
+
 def _flex(q, k, v, block_mask, kernel_options=None):
-    """kernel_options: flex_attention's tuning knobs. torch's H100 defaults were the fastest on our
-    batches (`bench/attention_check.py --flex-sweep`), so training passes none."""
+    """kernel_options: flex_attention's knobs. Training passes only the kernel family (_FLEX_KERNELS):
+    torch's H100 tuning defaults were the fastest on our batches (`bench/attention_check.py --flex-sweep`)."""
     if q.device.type != "cuda":
         return flex_attention(q, k, v, block_mask=block_mask)  # unfused; forward only off CUDA
     # flex_attention is only fused (and memory-efficient) when compiled.
@@ -342,84 +338,17 @@ def _two_pass(q, k, v, layout: PackedLayout) -> torch.Tensor:
     return out.index_add(0, idx, _only_rows(rows, out_response))
 
 
-# FlashAttention 4 as torch custom ops, so that torch.compile traces through the attention call
-# (an autograd.Function around CuTe DSL kernels would break each compiled block's graph in two).
-
-
-@torch.library.custom_op("hrm_text::fa4_forward", mutates_args=())
-def _fa4_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
-                 used_q: Optional[torch.Tensor], used_k: Optional[torch.Tensor], max_len: int,
-                 causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return _fa4_fwd_kernel(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, seqused_q=used_q, seqused_k=used_k,
-                           max_seqlen_q=max_len, max_seqlen_k=max_len, causal=causal, return_lse=True)
-
-
-@_fa4_forward.register_fake
-def _(q, k, v, cu_q, cu_k, used_q, used_k, max_len, causal):
-    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
-    return out, q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)  # LSE [H, L]
-
-
-@torch.library.custom_op("hrm_text::fa4_backward", mutates_args=())
-def _fa4_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                  lse: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, used_q: Optional[torch.Tensor],
-                  used_k: Optional[torch.Tensor], max_len: int,
-                  causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _fa4_bwd_kernel(q, k, v, out, grad_out, lse, causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
-                           seqused_q=used_q, seqused_k=used_k, max_seqlen_q=max_len, max_seqlen_k=max_len)
-
-
-@_fa4_backward.register_fake
-def _(grad_out, q, k, v, out, lse, cu_q, cu_k, used_q, used_k, max_len, causal):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-
-def _fa4_save(ctx, inputs, output):
-    q, k, v, cu_q, cu_k, used_q, used_k, ctx.max_len, ctx.causal = inputs
-    ctx.save_for_backward(q, k, v, *output, cu_q, cu_k, used_q, used_k)
-
-
-def _fa4_grad(ctx, grad_out, _grad_lse):  # the LSE is an internal output: nothing uses it but backward
-    q, k, v, out, lse, cu_q, cu_k, used_q, used_k = ctx.saved_tensors
-    dq, dk, dv = _fa4_backward(grad_out, q, k, v, out, lse, cu_q, cu_k, used_q, used_k, ctx.max_len, ctx.causal)
-    return dq, dk, dv, None, None, None, None, None, None
-
-
-_fa4_forward.register_autograd(_fa4_grad, setup_context=_fa4_save)
-
-
-def _fa4_two_pass(q, k, v, layout: PackedLayout) -> torch.Tensor:
-    """The two passes of `_two_pass` without gathers. The kernels leave rows outside their
-    sequences (and those rows' gradients) unwritten, so every input is zeroed outside the rows its
-    pass uses: the masks' backward then zeroes those gradients too. The cost: each gradient-carrying
-    call saves six masked [L, H, D] copies for backward."""
-    n, cu, valid = layout.max_seqlen, layout.cu_seqlens, layout.token_valid
-    k_all, v_all = _only_rows(valid, k), _only_rows(valid, v)
-    if layout.attn_type == "causal":
-        out, _ = _fa4_forward(_only_rows(valid, q), k_all, v_all, cu, cu, None, None, n, True)
-        return _only_rows(valid, out)
-    is_prefix, prefix = layout.is_prefix, layout.prefix_lens
-    qp, kp, vp = (_only_rows(is_prefix, x) for x in (q, k, v))
-    out_prefix, _ = _fa4_forward(qp, kp, vp, cu, cu, prefix, prefix, n, False)
-    is_response = valid & ~is_prefix
-    out_response, _ = _fa4_forward(_only_rows(is_response, q), k_all, v_all, layout.response_starts, cu,
-                                   layout.response_lens, None, n, True)
-    return torch.where(is_prefix[:, None, None], out_prefix, _only_rows(is_response, out_response))
-
-
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
     """q, k, v [L, H, D] (RoPE applied) -> [L, H, D]; softmax scale 1/sqrt(D)."""
     if layout.backend in _VARLEN_KERNELS:
         return _two_pass(q, k, v, layout)
-    if layout.backend == "fa4":
-        return _fa4_two_pass(q, k, v, layout)
     if layout.band_mask is not None:
         return _only_rows(layout.token_valid, _banded_sdpa(q, k, v, layout))
     q4, k4, v4 = (x.transpose(0, 1)[None] for x in (q, k, v))  # [1, H, L, D]
     if layout.backend == "sdpa":
         out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=layout.dense_mask)
     else:
-        out = _flex(q4, k4, v4, layout.block_mask)
+        out = _flex(q4, k4, v4, layout.block_mask, _FLEX_KERNELS[layout.backend])
     return _only_rows(layout.token_valid, out[0].transpose(0, 1))
 
 

@@ -56,7 +56,7 @@ class ArchConfig(StackConfig):
     H_override: dict = {}
     # attention
     attn_type: Literal["prefixlm", "causal"] = "prefixlm"
-    attn_backend: Literal["auto", "sdpa", "varlen", "fa3", "fa4", "flex"] = "auto"
+    attn_backend: Literal["auto", "sdpa", "varlen", "fa3", "flex", "flex_fa4"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> "ArchConfig":

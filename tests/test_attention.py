@@ -110,79 +110,21 @@ def fake_varlen_kernel(q, k, v, cu_q, cu_k, max_len, causal):
     return torch.cat([out[: cu_q[-1]], nan_rows])
 
 
-def fa4_sequences(cu_q, cu_k, used_q, used_k):
-    """Query and key row ranges of each sequence under FlashAttention 4's varlen contract: sequence
-    i starts at cu[i] and spans `used[i]` rows when given, else up to cu[i + 1]. Its metadata must
-    be contiguous int32, as FA4 asserts."""
-    for meta in (cu_q, cu_k, used_q, used_k):
-        assert meta is None or (meta.dtype == torch.int32 and meta.is_contiguous())
-    for i in range(len(cu_q) - 1):
-        nq = int(used_q[i]) if used_q is not None else int(cu_q[i + 1] - cu_q[i])
-        nk = int(used_k[i]) if used_k is not None else int(cu_k[i + 1] - cu_k[i])
-        yield torch.arange(int(cu_q[i]), int(cu_q[i]) + nq), torch.arange(int(cu_k[i]), int(cu_k[i]) + nk)
-
-
-def fa4_scores(q, k, causal):
-    """One sequence, q [nq, H, D] over k [nk, H, D], bottom-right causal: scaled scores [H, nq, nk]."""
-    nq, nk = q.shape[0], k.shape[0]
-    scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(q.shape[-1])
-    if causal:
-        allowed = torch.arange(nk)[None, :] <= torch.arange(nq)[:, None] + (nk - nq)
-        scores = scores.masked_fill(~allowed, -math.inf)
-    return scores
-
-
-def fake_fa4_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k,
-                     causal, return_lse):
-    """Python stand-in for flash_attn.cute's forward: rows outside every sequence are NaN, as
-    torch.empty may leave them, so a caller that reads them fails loudly."""
-    assert return_lse
-    out = torch.full_like(q, math.nan)
-    lse = torch.full((q.shape[1], q.shape[0]), math.nan, dtype=torch.float32)
-    for rows_q, rows_k in fa4_sequences(cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k):
-        assert len(rows_q) <= max_seqlen_q and len(rows_k) <= max_seqlen_k
-        if len(rows_q):
-            scores = fa4_scores(q[rows_q], k[rows_k], causal)
-            lse[:, rows_q] = torch.logsumexp(scores, -1)
-            out[rows_q] = torch.einsum("hqk,khd->qhd", torch.softmax(scores, -1), v[rows_k])
-    return out, lse
-
-
-def fake_fa4_backward(q, k, v, out, dout, lse, causal, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k,
-                      max_seqlen_q, max_seqlen_k):
-    """The matching backward, by hand (custom ops run below autograd) and, like FA4's, from the
-    forward's saved `out` and `lse`: P = exp(S - lse), and dS = P * (dP - rowsum(out * dout)).
-    Gradient rows outside every sequence are NaN."""
-    dq, dk, dv = (torch.full_like(x, math.nan) for x in (q, k, v))
-    for rows_q, rows_k in fa4_sequences(cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k):
-        qs, ks, vs, dos = q[rows_q], k[rows_k], v[rows_k], dout[rows_q]
-        probs = torch.exp(fa4_scores(qs, ks, causal) - lse[:, rows_q, None])
-        dv[rows_k] = torch.einsum("hqk,qhd->khd", probs, dos)
-        dprobs = torch.einsum("qhd,khd->hqk", dos, vs)
-        delta = (out[rows_q] * dos).sum(-1).transpose(0, 1)[..., None]  # [H, nq, 1]
-        dscores = probs * (dprobs - delta) / math.sqrt(q.shape[-1])
-        dq[rows_q] = torch.einsum("hqk,khd->qhd", dscores, ks)
-        dk[rows_k] = torch.einsum("hqk,qhd->khd", dscores, qs)
-    return dq, dk, dv
-
-
 @pytest.fixture
-def fake_kernels(monkeypatch):
+def fake_varlen(monkeypatch):
     monkeypatch.setitem(A._VARLEN_KERNELS, "varlen", fake_varlen_kernel)
-    monkeypatch.setattr(A, "_fa4_fwd_kernel", fake_fa4_forward)
-    monkeypatch.setattr(A, "_fa4_bwd_kernel", fake_fa4_backward)
 
 
 def cpu_backends():
-    """Backends with a full forward+backward on CPU, plus the two-pass varlen and fa4 logic run
-    through fake kernels (the real kernels are checked by the CUDA tests and bench/attention_check.py)."""
-    return A.available_backends(CPU) + ["varlen", "fa4"]
+    """Backends with a full forward+backward on CPU, plus the two-pass varlen logic run through
+    the fake kernel (the real kernels are checked by the CUDA tests and bench/attention_check.py)."""
+    return A.available_backends(CPU) + ["varlen"]
 
 
 @pytest.mark.parametrize("attn_type", A.ATTN_TYPES)
 @pytest.mark.parametrize("samples", [MIXED, MIXED + DEGENERATE], ids=["mixed", "degenerate"])
 @pytest.mark.parametrize("backend", cpu_backends())
-def test_backend_matches_sdpa(backend, samples, attn_type, fake_kernels):
+def test_backend_matches_sdpa(backend, samples, attn_type, fake_varlen):
     total_len = sum(p + c for p, c in samples) + 7
     cu, prefix, _ = make_batch(samples, total_len, slots=len(samples) + 3)
     q, k, v = random_qkv(total_len)
@@ -194,34 +136,6 @@ def test_backend_matches_sdpa(backend, samples, attn_type, fake_kernels):
         assert torch.isfinite(got).all()
         assert (got[tail] == 0).all()
         assert (got - want).abs().max() < 1e-5
-
-
-def test_fa4_custom_ops_pass_opcheck(fake_kernels):
-    """torch's own consistency checks of the fa4 ops (schema, fake outputs against the real ones,
-    autograd registration, tracing), on sequences that cover every row: opcheck compares outputs
-    exactly, and the fake kernels leave uncovered rows NaN."""
-    lengths = torch.tensor([0, 12, 5, 1, 9], dtype=torch.int32)
-    cu = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
-    q, k, v = random_qkv(int(cu[-1]))
-    for used, causal in ((None, True), (lengths, False)):
-        torch.library.opcheck(A._fa4_forward, (q, k, v, cu, cu, used, used, 12, causal))
-
-
-def test_fa4_two_pass_compiles_to_one_graph(fake_kernels):
-    """The custom ops' fake implementations let torch.compile trace the fa4 passes without a
-    graph break, and the compiled result is the reference's."""
-    samples = MIXED + DEGENERATE
-    total_len = sum(p + c for p, c in samples) + 5
-    cu, prefix, _ = make_batch(samples, total_len, slots=len(samples) + 2)
-    q, k, v = random_qkv(total_len)
-    grad_out = torch.randn(total_len, 3, 8)
-    layout = A.build_layout(cu, prefix, total_len, 21, "fa4", "prefixlm")
-    compiled = torch.compile(A.packed_attention, fullgraph=True, backend="aot_eager")
-    out = compiled(q, k, v, layout)
-    got = (out, *torch.autograd.grad(out, (q, k, v), grad_out))
-    ref_out, ref_grads = run("sdpa", q, k, v, cu, prefix, 21, "prefixlm", grad_out)
-    for g, want in zip(got, (ref_out, *ref_grads)):
-        assert (g - want).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("attn_type", A.ATTN_TYPES)
@@ -286,8 +200,9 @@ def test_backend_resolution_on_cpu():
     assert A.resolve_backend("sdpa", "cpu") == "sdpa"
     with pytest.raises(ValueError, match=r"'varlen' is unavailable: varlen needs a CUDA device.*\['sdpa'\]"):
         A.resolve_backend("varlen", CPU)
-    with pytest.raises(ValueError, match="flex_attention has no backward on cpu"):
-        A.resolve_backend("flex", CPU)
+    for flex in ("flex", "flex_fa4"):
+        with pytest.raises(ValueError, match="flex_attention has no backward on cpu"):
+            A.resolve_backend(flex, CPU)
     with pytest.raises(ValueError, match="unknown attention backend"):
         A.resolve_backend("xformers", CPU)
 

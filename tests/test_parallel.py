@@ -1,15 +1,24 @@
 """training/parallel.py against the plain model on CPU: FSDP2 with bf16 compute must compute what
-the unwrapped model does in bf16, and the compiler's selective recomputation
+the unwrapped model does in bf16, training through FSDP2 must train as the unwrapped model does,
+the gradient norm must be torch's, and the compiler's selective recomputation
 (activation_memory_budget < 1) must not change the math."""
 
 import copy
 
+import pytest
 import torch
 import torch._functorch.config as functorch_config
+from torch.distributed.device_mesh import init_device_mesh
 
 from models.model import LanguageModel
+from models.optimizer import AdamATan2
 from tests.test_models import packed_context, packed_inputs, tiny_arch
-from training.parallel import compile_blocks, shard_model
+from training.parallel import clip_grad_norm_, compile_blocks, reshard, shard_model
+
+
+def cpu_mesh():
+    """These tests compare CPU models: without a mesh, FSDP2 would move the wrapped one to a GPU."""
+    return init_device_mesh("cpu", (1,))
 
 
 def test_sharded_bf16_forward_equals_the_plain_bf16_model(one_rank_group):
@@ -21,7 +30,7 @@ def test_sharded_bf16_forward_equals_the_plain_bf16_model(one_rank_group):
     sharded = LanguageModel(arch, 512)
     sharded.init_weights()
     plain_bf16 = copy.deepcopy(sharded).to(torch.bfloat16)
-    shard_model(sharded, torch.bfloat16)
+    shard_model(sharded, torch.bfloat16, mesh=cpu_mesh())
     g = torch.Generator().manual_seed(0)
     ids, pos, cu, pre = packed_inputs([9, 5, 7], [4, 1, 3], 24, 512, g)
     ctx = packed_context(cu, pre, 24, arch)
@@ -52,3 +61,58 @@ def test_compiled_blocks_with_a_memory_budget_match_eager():
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
     for (name, p_eager), p_compiled in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(p_compiled.grad, p_eager.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_sharded_training_matches_the_plain_model(one_rank_group):
+    """Three optimizer steps through FSDP2 (fp32 compute, parameters kept gathered through
+    backward, then `reshard`) train exactly as the unwrapped model does, with torch's
+    clip_grad_norm_ as the reference for the gradient norm and clipping. Without the reshard, the
+    second forward would read the first step's gathered weights."""
+    arch = tiny_arch("hrm")
+    torch.manual_seed(0)
+    plain = LanguageModel(arch, 512)
+    plain.init_weights()
+    sharded = shard_model(copy.deepcopy(plain), torch.float32, mesh=cpu_mesh())
+    optimizers = [AdamATan2(m.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, ema_rate=None)
+                  for m in (plain, sharded)]
+    g = torch.Generator().manual_seed(0)
+    ids, pos, cu, pre = packed_inputs([9, 5, 7], [4, 1, 3], 24, 512, g)
+    ctx = packed_context(cu, pre, 24, arch)
+    for step in range(3):
+        norms = []
+        for model, optimizer, clip in ((plain, optimizers[0], torch.nn.utils.clip_grad_norm_),
+                                       (sharded, optimizers[1], clip_grad_norm_)):
+            model(ids, pos, ctx).float().pow(2).mean().backward()
+            reshard(model)
+            norms.append(clip(model.parameters(), 0.05))
+        assert norms[0] > 0.05, "the reference must clip for the test to check clipping"
+        torch.testing.assert_close(norms[1], norms[0], rtol=1e-5, atol=0)
+        for (name, p_plain), p_sharded in zip(plain.named_parameters(), sharded.parameters()):
+            if p_plain.grad is not None:
+                torch.testing.assert_close(p_sharded.grad.full_tensor(), p_plain.grad, rtol=1e-5, atol=1e-8, msg=name)
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    for (name, p_plain), p_sharded in zip(plain.named_parameters(), sharded.parameters()):
+        torch.testing.assert_close(p_sharded.full_tensor(), p_plain.detach(), rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("max_norm", [None, 0.5, 100.0])
+def test_clip_grad_norm_matches_torch_on_plain_tensors(max_norm):
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.zeros(shape)) for shape in [(3, 4), (5,), (2, 2, 2)]]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g)
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for r, p in zip(reference, params):
+        r.grad = p.grad.clone()
+    got = clip_grad_norm_(params, max_norm)
+    want = torch.nn.utils.clip_grad_norm_(reference, float("inf") if max_norm is None else max_norm)
+    torch.testing.assert_close(got, want)
+    for p, r in zip(params, reference):
+        torch.testing.assert_close(p.grad, r.grad)
+
+
+def test_clip_grad_norm_refuses_parameters_without_gradients():
+    with pytest.raises(ValueError, match="after backward and reshard"):
+        clip_grad_norm_([torch.nn.Parameter(torch.zeros(3))], 1.0)

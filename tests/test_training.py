@@ -63,9 +63,9 @@ def pretrain(args, nproc=1, env=None, check=True, config_name="cfg_pretrain", **
     return result
 
 
-def losses(run_dir: Path) -> dict[int, float]:
+def losses(run_dir: Path, key: str = "train/loss") -> dict[int, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train/loss"] for r in rows}
+    return {r["step"]: r[key] for r in rows}
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,9 @@ def mixed_lengths(tmp_path_factory):
 
 
 def test_two_ranks_match_one_process(equal_lengths, tmp_path):
-    common = [f"data.path={equal_lengths}", "global_batch_size=240", "max_steps=5", "checkpoint_every_steps=null"]
+    """grad_clip small enough to clip every step: each rank must measure, and scale by, the global norm."""
+    common = [f"data.path={equal_lengths}", "global_batch_size=240", "max_steps=5", "checkpoint_every_steps=null",
+              "grad_clip=0.05"]
     pretrain([*common, f"checkpoint_path={tmp_path / 'one'}"])
     pretrain([*common, f"checkpoint_path={tmp_path / 'two'}"], nproc=2)
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
@@ -91,6 +93,10 @@ def test_two_ranks_match_one_process(equal_lengths, tmp_path):
     for step in one:
         assert abs(one[step] - two[step]) / abs(one[step]) < 1e-4, (step, one[step], two[step])
     assert one[5] < one[1]  # it learns
+    norm_one, norm_two = losses(tmp_path / "one", "train/grad_norm"), losses(tmp_path / "two", "train/grad_norm")
+    for step in norm_one:
+        assert norm_one[step] > 0.05, "every step must clip for the test to check clipping"
+        assert abs(norm_one[step] - norm_two[step]) / norm_one[step] < 1e-4, (step, norm_one[step], norm_two[step])
 
 
 def test_compiled_two_rank_run_matches_eager_one_process(equal_lengths, tmp_path):
@@ -195,6 +201,7 @@ def test_no_wandb_credentials_goes_offline_with_one_line(mixed_lengths, tmp_path
     (["data.path=/nonexistent/sampled"], 1, "data.path=/nonexistent/sampled"),
     (["lr=abc"], 1, "lr"),
     (["activation_memory_budget=1.5"], 1, "activation_memory_budget must lie in [0, 1]"),
+    (["grad_clip=0"], 1, "grad_clip"),
 ])
 def test_bad_config_fails_at_start_naming_the_key(args, nproc, expected, mixed_lengths, tmp_path):
     args = [f"data.path={mixed_lengths}", "max_steps=1", f"checkpoint_path={tmp_path / 'r'}", *args]

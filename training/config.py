@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from omegaconf import DictConfig, OmegaConf
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from models.config import ArchConfig
 
@@ -44,7 +44,7 @@ class TrainConfig(BaseModel):
     beta1: float = 0.9
     beta2: float = 0.95
     ema_rate: float | None = 0.9999
-    grad_clip: float | None = None
+    grad_clip: float | None = Field(None, gt=0)  # max global gradient norm; None: not clipped
     seed: int = 0
 
     compute_dtype: Literal["auto", "bfloat16", "float32"] = "auto"

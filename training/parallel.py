@@ -9,21 +9,29 @@ gradient-carrying call in backward), so resharding repeats the all-gather (and t
 cast) up to ~13 times per block and step. Keeping the gathered copy for the step costs 2 bytes per
 parameter on every rank (about 1.2 GB for size L, 2.4 GB for XL) and gathers each block once in
 forward; that is the default here (`reshard_after_forward=False`). Pass True to save that memory
-for very large models on many GPUs. Backward still frees them after each gradient-carrying call
-(FSDP2's reshard_after_backward), so a block with k such calls is gathered k - 1 more times in
-backward (HRM: 1-2 times per block and step). Keeping them would need an explicit reshard before
-each optimizer step (or the next forward reads stale weights); not done, as it is not measured.
+for very large models on many GPUs.
+
+reshard_after_backward: FSDP2's default (True) frees them again after each gradient-carrying call's
+backward, so a block with k such calls is gathered k - 1 more times in backward (HRM: 1-2 times per
+block and step), each a copy on the GPU and several Python hooks on the host. Here they stay
+gathered (no extra memory: forward already held them all) until `reshard(model)`, which the
+training step calls once after backward so that the next forward gathers the updated weights.
 """
 
 import torch
 import torch._functorch.config as functorch_config
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 
 from models.layers import Block
 from models.model import LanguageModel
 
 
-def shard_model(model: LanguageModel, compute_dtype: torch.dtype, reshard_after_forward: bool = False) -> LanguageModel:
+def shard_model(model: LanguageModel, compute_dtype: torch.dtype, reshard_after_forward: bool = False,
+                reshard_after_backward: bool = False, mesh: DeviceMesh | None = None) -> LanguageModel:
+    """mesh: FSDP2's default (None) is every rank on the accelerator if there is one, else the CPU."""
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     # A block's hidden-state input is already in compute_dtype (it comes from bf16 weights); its
     # other float inputs are the fp32 RoPE tables, which FSDP's default input cast would round to
@@ -31,9 +39,41 @@ def shard_model(model: LanguageModel, compute_dtype: torch.dtype, reshard_after_
     block_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for module in model.modules():
         if isinstance(module, Block):
-            fully_shard(module, mp_policy=block_policy, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+            fully_shard(module, mesh=mesh, mp_policy=block_policy, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    model.set_reshard_after_backward(reshard_after_backward)
     return model
+
+
+def reshard(model: torch.nn.Module) -> None:
+    """Free every FSDP2 module's gathered parameters (a no-op on an unwrapped model)."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def clip_grad_norm_(parameters, max_norm: float | None) -> torch.Tensor:
+    """The global L2 norm of the gradients over all ranks; with max_norm, the gradients are scaled
+    so that it is at most max_norm (as torch.nn.utils.clip_grad_norm_). Call it after `reshard`:
+    until then an FSDP2 model's parameters are the gathered ones, which hold no gradient. Works on
+    the local gradient shards: two foreach kernels and one all-reduce, where torch's version
+    dispatches each DTensor gradient through Python (12 ms per HRM L step under cProfile on an
+    H100, bench/RESULTS.md §13)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        raise ValueError("clip_grad_norm_: no parameter has a gradient (call it after backward and reshard)")
+    sharded = {isinstance(g, DTensor) and all(pl.is_shard() for pl in g.placements) for g in grads}
+    if len(sharded) > 1 or any(isinstance(g, DTensor) for g in grads) and sharded != {True}:
+        raise ValueError("clip_grad_norm_: every gradient must be a sharded DTensor (FSDP2), or none")
+    group = grads[0].device_mesh.get_group() if sharded == {True} else None
+    local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+    total_sq = torch.stack(torch._foreach_norm(local)).float().square().sum()
+    if group is not None and dist.get_world_size(group) > 1:
+        dist.all_reduce(total_sq, group=group)  # the shards are disjoint: squared norms add up
+    total = total_sq.sqrt()
+    if max_norm is not None:
+        torch._foreach_mul_(local, (max_norm / (total + 1e-6)).clamp(max=1.0))
+    return total
 
 
 def compile_blocks(model: LanguageModel, fullgraph: bool = False, activation_memory_budget: float = 1.0) -> LanguageModel:
