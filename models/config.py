@@ -6,7 +6,7 @@ validates it. Everything that builds a model (training, inference, export, FLOP 
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 NetName = Literal["hrm", "transformer", "trm", "trm_match_recurrence", "rins", "ut"]
 NETS: tuple[str, ...] = NetName.__args__
@@ -57,6 +57,13 @@ class ArchConfig(StackConfig):
     # attention
     attn_type: Literal["prefixlm", "causal"] = "prefixlm"
     attn_backend: Literal["auto", "sdpa", "varlen", "fa3", "flex", "flex_fa4"] = "auto"
+
+    @field_validator("attn_backend", mode="before")
+    @classmethod
+    def _renamed_backend(cls, value):
+        # The two-pass `fa4` backend was replaced by flex_fa4 (the same FlashAttention 4 kernels in one
+        # pass, bench/RESULTS.md §13); runs saved with it still load.
+        return "flex_fa4" if value == "fa4" else value
 
     @model_validator(mode="after")
     def _check(self) -> "ArchConfig":

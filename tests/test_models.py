@@ -251,3 +251,8 @@ def test_embedding_and_init_statistics():
     assert arch.stack().intermediate_size == 768  # 4 * 256 * 2/3 = 682.7 -> 768
     z = model.net.z_L_init
     assert abs(z.std().item() - 1) < 0.15 and "net.z_L_init" in model.state_dict()
+
+
+def test_runs_saved_with_the_removed_fa4_backend_load_with_flex_fa4():
+    loaded = type(tiny_arch("hrm")).model_validate({**tiny_arch("hrm").model_dump(), "attn_backend": "fa4"})
+    assert loaded.attn_backend == "flex_fa4"
