@@ -160,14 +160,19 @@ def loss_normalizer(labels: torch.Tensor, world_size: int) -> torch.Tensor:
     return (all_reduce_sum(valid) / world_size).clamp(min=1.0)
 
 
-def train_step(model, batch, layout, bp_steps, normalizer, num_samples):
+def train_step(model, optimizer, batch, layout, bp_steps, normalizer, num_samples, grad_clip):
+    """Forward, backward, gradient norm (clipped to grad_clip unless None), optimizer update.
+    Returns the step's (sum, count) metrics and the gradient norm."""
     inputs = batch["inputs"]
     sample_ids = sample_ids_from_cu_seqlens(batch["cu_seqlens"], inputs.shape[0])
     loss_sum, metrics = model(inputs[None].long(), batch["position_ids"][None].long(), PackedContext(layout), bp_steps,
                               labels=batch["labels"], sample_ids=sample_ids, num_samples=num_samples)
     (loss_sum / normalizer).backward()
     reshard(model)  # the gathered weights were kept through backward; the next forward gathers the updated ones
-    return metrics
+    grad_norm = clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return metrics, grad_norm
 
 
 def run(cfg: TrainConfig, d: Dist) -> None:
@@ -299,10 +304,8 @@ def run(cfg: TrainConfig, d: Dist) -> None:
         layout = attn_lib.build_layout(batch["cu_seqlens"], batch["prefix_lens"], total_len=batch_max_length,
                                        max_seqlen=context_len, backend=backend, attn_type=cfg.arch.attn_type)
         normalizer = loss_normalizer(batch["labels"], d.world_size)
-        metrics = train_step(model, batch, layout, bp_steps, normalizer, dataset.max_samples_per_batch)
-        grad_norm = clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        metrics, grad_norm = train_step(model, optimizer, batch, layout, bp_steps, normalizer,
+                                        dataset.max_samples_per_batch, cfg.grad_clip)
         for name, (total, count) in metrics.items():
             sums.setdefault(name, torch.zeros(2, device=d.device)).add_(torch.stack([total, count]))
         window_tokens += stats["num_tokens"]

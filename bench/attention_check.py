@@ -102,6 +102,14 @@ def kernel_ms(fn, iters=10):
                if e.device_type == DeviceType.CUDA and not e.is_user_annotation) / iters / 1e3
 
 
+def print_backends(device, out=print):
+    """Which backends run here (and why not), and what `auto` picks."""
+    for name in A.BACKENDS:
+        reason = A._unavailable_reason(name, device)
+        out(f"backend {name:8}: {'available' if reason is None else 'UNAVAILABLE - ' + reason}")
+    out(f"auto -> {A.resolve_backend('auto', device)}")
+
+
 def relative_errors(got, ref) -> list[float]:
     return [((x.float() - r).norm() / r.norm()).item() for x, r in zip(got, ref)]
 
@@ -222,10 +230,7 @@ def main():
         backends = A.available_backends(device)
     else:  # each must run here; resolve_backend says why not
         backends = [A.resolve_backend(name, device) for name in args.backends.split(",")]
-    for name in A.BACKENDS:
-        reason = A._unavailable_reason(name, device)
-        print(f"backend {name:8}: {'available' if reason is None else 'UNAVAILABLE - ' + reason}")
-    print(f"auto -> {A.resolve_backend('auto', device)}")
+    print_backends(device)
 
     def full_length(rng):  # the shape of the peer comparison (train_throughput.py --shapes full)
         return [(int(p), MAX_SEQLEN - int(p)) for p in rng.integers(MAX_SEQLEN // 8, MAX_SEQLEN * 7 // 8, 2)]

@@ -7,8 +7,8 @@ attention backends, and the transformers HrmTextForCausalLM step as a peer.
     python3 bench/train_throughput.py --cpu                            # tiny smoke run on a CPU
 
 Our step is pretrain.py's: FSDP2 (training/parallel.py), per-Block torch.compile, the packed
-layout built per step, chunked loss (models/lm_head.py), backward, reshard, the gradient norm (training.parallel),
-AdamATan2 (with EMA), zero_grad.
+layout built per step, and pretrain.train_step: chunked loss (models/lm_head.py), backward, reshard,
+the gradient norm (training.parallel), AdamATan2 (with EMA), zero_grad.
 Synthetic packed batches: sample lengths lognormal (median 300) clipped to the 4096 context, the
 prefix/response split uniform, packed greedily into `--tokens` slots per GPU (random tokens, labels
 on the response). `--shape full` packs `tokens/4096` full-length samples instead.
@@ -57,7 +57,7 @@ from models.optimizer import AdamATan2  # noqa: E402
 from pretrain import loss_normalizer, train_step  # noqa: E402
 from training.config import compose  # noqa: E402
 from training.distributed import init_distributed  # noqa: E402
-from training.parallel import clip_grad_norm_, compile_blocks, shard_model  # noqa: E402
+from training.parallel import compile_blocks, shard_model  # noqa: E402
 from training.schedule import lr_at  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.5, "H200": 989.5, "H800": 989.5, "A100": 312.0}
@@ -183,10 +183,8 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         layout = attn_lib.build_layout(batch["cu_seqlens"], batch["prefix_lens"], total_len=tokens,
                                        max_seqlen=context, backend=backend, attn_type=arch.attn_type)
-        metrics = train_step(model, batch, layout, bp, loss_normalizer(batch["labels"], d.world_size), max_samples)
-        clip_grad_norm_(model.parameters(), None)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        metrics, _ = train_step(model, optimizer, batch, layout, bp, loss_normalizer(batch["labels"], d.world_size),
+                                max_samples, grad_clip=None)
         return metrics["loss"]
 
     losses, warm_s, elapsed, frames, recompiles = timed_steps(step, args.warmup, args.steps, device)
@@ -394,10 +392,7 @@ def run_peer(args, d, arch, shape: str, tokens: int):
 def attention_table(device):
     """bench/attention_check.py's correctness + fwd/bwd timing of every backend, at size L's heads."""
     backends = check.A.available_backends(device)
-    for name in check.A.BACKENDS:
-        reason = check.A._unavailable_reason(name, device)
-        log(f"backend {name:8}: {'available' if reason is None else 'UNAVAILABLE - ' + reason}")
-    log(f"auto -> {attn_lib.resolve_backend('auto', device)}")
+    check.print_backends(device, log)
     rng = np.random.default_rng(0)
     realistic = check.EDGE + check.random_samples(rng, 16384 - 64)
     check.check_batch("realistic", realistic, 16384, backends, device, timing=True)

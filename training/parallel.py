@@ -62,11 +62,11 @@ def clip_grad_norm_(parameters, max_norm: float | None) -> torch.Tensor:
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         raise ValueError("clip_grad_norm_: no parameter has a gradient (call it after backward and reshard)")
-    sharded = {isinstance(g, DTensor) and all(pl.is_shard() for pl in g.placements) for g in grads}
-    if len(sharded) > 1 or any(isinstance(g, DTensor) for g in grads) and sharded != {True}:
+    dtensors = [g for g in grads if isinstance(g, DTensor)]
+    if dtensors and (len(dtensors) < len(grads) or not all(pl.is_shard() for g in dtensors for pl in g.placements)):
         raise ValueError("clip_grad_norm_: every gradient must be a sharded DTensor (FSDP2), or none")
-    group = grads[0].device_mesh.get_group() if sharded == {True} else None
-    local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+    group = dtensors[0].device_mesh.get_group() if dtensors else None
+    local = [g.to_local() for g in dtensors] or grads
     total_sq = torch.stack(torch._foreach_norm(local)).float().square().sum()
     if group is not None and dist.get_world_size(group) > 1:
         dist.all_reduce(total_sq, group=group)  # the shards are disjoint: squared norms add up
