@@ -12,6 +12,7 @@ data (dataset_new.py), model (models/), FSDP2 (training/parallel.py), optimizer
 """
 
 import functools
+import gc
 import json
 import math
 import os
@@ -42,7 +43,7 @@ from training import checkpoint as ckpt
 from training.config import TrainConfig, to_train_config
 from training.distributed import Dist, all_reduce_sum, broadcast_object, init_distributed
 from training.logger import MetricsLogger
-from training.parallel import clip_grad_norm_, compile_blocks, reshard, shard_model
+from training.parallel import clip_grad_norm_, compile_units, reshard, shard_model
 from training.schedule import lr_at
 
 ROOT = Path(__file__).resolve().parent
@@ -175,6 +176,14 @@ def train_step(model, optimizer, batch, layout, bp_steps, normalizer, num_sample
     return metrics, grad_norm
 
 
+def freeze_startup_objects() -> None:
+    """Exempt everything alive now from garbage collection. Call it after the first step: torch
+    compilation leaves millions of long-lived Python objects, and every full collection would walk
+    them all again in the middle of a step (host time the GPU waits for)."""
+    gc.collect()
+    gc.freeze()
+
+
 def run(cfg: TrainConfig, d: Dist) -> None:
     torch.manual_seed(cfg.seed)
     if cfg.global_batch_size % d.world_size:
@@ -210,10 +219,10 @@ def run(cfg: TrainConfig, d: Dist) -> None:
     model = LanguageModel(cfg.arch, vocab_size).to(d.device)
     model.init_weights()
     n_params = sum(p.numel() for p in model.parameters())
-    shard_model(model, compute_dtype(cfg, d.device))
+    shard_model(model, compute_dtype(cfg, d.device), unit=cfg.shard_unit)
     compiled = cfg.compile is True or (cfg.compile == "auto" and d.device.type == "cuda")
     if compiled:
-        compile_blocks(model, activation_memory_budget=cfg.activation_memory_budget)
+        compile_units(model, activation_memory_budget=cfg.activation_memory_budget, unit=cfg.shard_unit)
 
     def new_optimizer() -> AdamATan2:
         return AdamATan2(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
@@ -293,6 +302,7 @@ def run(cfg: TrainConfig, d: Dist) -> None:
         sums.clear()
         window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
     bar = tqdm(total=last_step, initial=step, desc="train", disable=not d.is_main, dynamic_ncols=True)
+    first_step = step + 1
     model.train()
     for batch, stats in dataset:
         batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
@@ -311,6 +321,8 @@ def run(cfg: TrainConfig, d: Dist) -> None:
         window_tokens += stats["num_tokens"]
         window_flops += stats["num_tokens"] * flops_per_token(bp_steps)
         bar.update(1)
+        if step == first_step:
+            freeze_startup_objects()
 
         if step % cfg.log_interval == 0 or step == last_step:
             log_metrics(step, lr, bp_steps, grad_norm)

@@ -6,7 +6,7 @@ attention backends, and the transformers HrmTextForCausalLM step as a peer.
     torchrun --nproc_per_node=2 bench/train_throughput.py --models hrm:L --no-peer --no-attention
     python3 bench/train_throughput.py --cpu                            # tiny smoke run on a CPU
 
-Our step is pretrain.py's: FSDP2 (training/parallel.py), per-Block torch.compile, the packed
+Our step is pretrain.py's: FSDP2 (training/parallel.py), per-Stack torch.compile, the packed
 layout built per step, and pretrain.train_step: chunked loss (models/lm_head.py), backward, reshard,
 the gradient norm (training.parallel), AdamATan2 (with EMA), zero_grad.
 Synthetic packed batches: sample lengths lognormal (median 300) clipped to the 4096 context, the
@@ -14,11 +14,13 @@ prefix/response split uniform, packed greedily into `--tokens` slots per GPU (ra
 on the response). `--shape full` packs `tokens/4096` full-length samples instead.
 
 Variants (before/after of the changes measured here):
-  before  reshard_after_forward/backward=True (FSDP2's defaults; the step's one reshard and gradient
-          norm are the current ones), block.compile() with default settings,
-          the eager AdamATan2 step (one tensor at a time, ~10 passes over memory)
-  after   reshard_after_forward/backward=False, training.parallel.compile_blocks (dynamic=False),
-          the compiled AdamATan2 step (one fused kernel per tensor; models/optimizer.py)
+  before  per-Block FSDP2 units with reshard_after_forward/backward=True (FSDP2's defaults; the
+          step's one reshard and gradient norm are the current ones), block.compile() with default
+          settings, the eager AdamATan2 step (one tensor at a time, ~10 passes over memory)
+  blocks  as after, but with per-Block FSDP2 units and compiled graphs (stops 7-11)
+  after   per-Stack units (training.parallel.shard_model and compile_units, dynamic=False),
+          reshard_after_forward/backward=False, the compiled AdamATan2 step (one fused kernel per
+          tensor; models/optimizer.py)
 MFU counts executed FLOPs (models/flops.py: no-grad recurrence calls 1x, grad calls 3x, attention
 as over half the 4096 context) against the datasheet peak (989.5 TFLOP/s dense bf16 for H100/H200)
 and against a bf16 8192^3 matmul measured in the same run. `attn-actual` recounts the attention
@@ -54,10 +56,10 @@ from models.layers import Block  # noqa: E402
 from models.lm_head import IGNORE_LABEL  # noqa: E402
 from models.model import LanguageModel, model_vocab_size  # noqa: E402
 from models.optimizer import AdamATan2  # noqa: E402
-from pretrain import loss_normalizer, train_step  # noqa: E402
+from pretrain import freeze_startup_objects, loss_normalizer, train_step  # noqa: E402
 from training.config import compose  # noqa: E402
 from training.distributed import init_distributed  # noqa: E402
-from training.parallel import compile_blocks, shard_model  # noqa: E402
+from training.parallel import compile_units, shard_model  # noqa: E402
 from training.schedule import lr_at  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.5, "H200": 989.5, "H800": 989.5, "A100": 312.0}
@@ -134,6 +136,10 @@ def timed_steps(step, warmup: int, steps: int, device):
     losses = [step(i) for i in range(warmup)]
     sync(device)
     warm_s = time.perf_counter() - t0
+    t_gc = time.perf_counter()
+    freeze_startup_objects()  # as pretrain.py does after its first step
+    log(f"gc: a full collection after warm-up took {(time.perf_counter() - t_gc) * 1e3:.0f} ms, "
+        f"then {gc.get_freeze_count()} objects frozen")
     frames_warm = dynamo_frames()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -162,15 +168,16 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
     model.init_weights()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     before = variant == "before"
-    shard_model(model, dtype, reshard_after_forward=before, reshard_after_backward=before)
+    unit = "block" if variant in ("before", "blocks") else "stack"
+    shard_model(model, dtype, reshard_after_forward=before, reshard_after_backward=before, unit=unit)
     if not args.cpu:
         if before:
-            torch._functorch.config.activation_memory_budget = 1.0  # compile_blocks sets it process-wide
+            torch._functorch.config.activation_memory_budget = 1.0  # compile_units sets it process-wide
             for block in model.modules():
                 if isinstance(block, Block):
                     block.compile()
         else:
-            compile_blocks(model, fullgraph=args.fullgraph, activation_memory_budget=memory_budget)
+            compile_units(model, fullgraph=args.fullgraph, activation_memory_budget=memory_budget, unit=unit)
     optimizer = AdamATan2(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, ema_rate=0.9999,
                           compile=not before and not args.cpu)
     bp = arch.bp_max_steps
@@ -292,6 +299,7 @@ def sync(device):
 
 
 def free(device):
+    gc.unfreeze()  # the finished run's objects, frozen after its warm-up, must be collectable
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -401,7 +409,7 @@ def attention_table(device):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="hrm:L,transformer:L", help="net:size,... (arch/net, arch/size configs)")
-    parser.add_argument("--variants", default="after", help="before,after")
+    parser.add_argument("--variants", default="after", help="before,blocks,after (see above)")
     parser.add_argument("--tokens", type=int, default=16384, help="packed tokens per GPU")
     parser.add_argument("--shapes", default="mix,full", help="mix (packed realistic) and/or full (4096-token samples)")
     parser.add_argument("--full-tokens", type=int, default=8192, help="tokens per GPU for the full-length shape")
@@ -417,12 +425,15 @@ def main() -> None:
     parser.add_argument("--peer-warmup", type=int, default=1)
     parser.add_argument("--no-attention", action="store_true", help="skip the attention backend table")
     parser.add_argument("--memory-budget", type=float, default=None,
-                        help="activation_memory_budget of compile_blocks (default: cfg_pretrain's)")
+                        help="activation_memory_budget of compile_units (default: cfg_pretrain's)")
     parser.add_argument("--profile", action="store_true", help="after timing, profile 2 steps: GPU time per kernel group")
     parser.add_argument("--host-profile", action="store_true",
                         help="after timing, cProfile 2 steps: host time per Python function")
     parser.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (smoke test, no compile)")
     args = parser.parse_args()
+    unknown = set(args.variants.split(",")) - {"before", "blocks", "after"}
+    if unknown:
+        parser.error(f"--variants: unknown {sorted(unknown)}; use before, blocks and/or after")
     if args.cpu:
         args.models = ",".join(m.split(":")[0] + ":tiny" for m in args.models.split(","))
         args.tokens, args.full_tokens, args.context = 1024, 512, 256

@@ -9,11 +9,13 @@ import pytest
 import torch
 import torch._functorch.config as functorch_config
 from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule
 
+from models.layers import Block, Stack
 from models.model import LanguageModel
 from models.optimizer import AdamATan2
 from tests.test_models import packed_context, packed_inputs, tiny_arch
-from training.parallel import clip_grad_norm_, compile_blocks, reshard, shard_model
+from training.parallel import clip_grad_norm_, compile_units, reshard, shard_model
 
 
 def cpu_mesh():
@@ -41,14 +43,15 @@ def test_sharded_bf16_forward_equals_the_plain_bf16_model(one_rank_group):
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
-def test_compiled_blocks_with_a_memory_budget_match_eager():
+@pytest.mark.parametrize("unit", ["stack", "block"])
+def test_compiled_units_with_a_memory_budget_match_eager(unit):
     arch = tiny_arch("hrm")
     torch.manual_seed(0)
     eager = LanguageModel(arch, 512)
     eager.init_weights()
     compiled = copy.deepcopy(eager)
     try:
-        compile_blocks(compiled, activation_memory_budget=0.3)
+        compile_units(compiled, activation_memory_budget=0.3, unit=unit)
         g = torch.Generator().manual_seed(0)
         ids, pos, cu, pre = packed_inputs([9, 5, 7], [4, 1, 3], 24, 512, g)
         outputs = []
@@ -63,7 +66,8 @@ def test_compiled_blocks_with_a_memory_budget_match_eager():
         torch.testing.assert_close(p_compiled.grad, p_eager.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_sharded_training_matches_the_plain_model(one_rank_group):
+@pytest.mark.parametrize("unit, unit_class", [("stack", Stack), ("block", Block)])
+def test_sharded_training_matches_the_plain_model(one_rank_group, unit, unit_class):
     """Three optimizer steps through FSDP2 (fp32 compute, parameters kept gathered through
     backward, then `reshard`) train exactly as the unwrapped model does, with torch's
     clip_grad_norm_ as the reference for the gradient norm and clipping. Without the reshard, the
@@ -72,7 +76,11 @@ def test_sharded_training_matches_the_plain_model(one_rank_group):
     torch.manual_seed(0)
     plain = LanguageModel(arch, 512)
     plain.init_weights()
-    sharded = shard_model(copy.deepcopy(plain), torch.float32, mesh=cpu_mesh())
+    sharded = shard_model(copy.deepcopy(plain), torch.float32, mesh=cpu_mesh(), unit=unit)
+    # every unit, and nothing else but the root, is sharded on its own
+    units = [m for m in sharded.modules() if isinstance(m, unit_class)]
+    wrapped = [m for m in sharded.modules() if isinstance(m, FSDPModule)]
+    assert units and all(isinstance(m, FSDPModule) for m in units) and len(wrapped) == len(units) + 1
     optimizers = [AdamATan2(m.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, ema_rate=None)
                   for m in (plain, sharded)]
     g = torch.Generator().manual_seed(0)

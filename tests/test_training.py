@@ -83,11 +83,12 @@ def mixed_lengths(tmp_path_factory):
 
 
 def test_two_ranks_match_one_process(equal_lengths, tmp_path):
-    """grad_clip small enough to clip every step: each rank must measure, and scale by, the global norm."""
+    """grad_clip small enough to clip every step: each rank must measure, and scale by, the global norm.
+    The two ranks shard per block (the compiled two-rank test below covers the default, per stack)."""
     common = [f"data.path={equal_lengths}", "global_batch_size=240", "max_steps=5", "checkpoint_every_steps=null",
               "grad_clip=0.05"]
     pretrain([*common, f"checkpoint_path={tmp_path / 'one'}"])
-    pretrain([*common, f"checkpoint_path={tmp_path / 'two'}"], nproc=2)
+    pretrain([*common, f"checkpoint_path={tmp_path / 'two'}", "shard_unit=block"], nproc=2)
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == [1, 2, 3, 4, 5]
     for step in one:
@@ -100,7 +101,7 @@ def test_two_ranks_match_one_process(equal_lengths, tmp_path):
 
 
 def test_compiled_two_rank_run_matches_eager_one_process(equal_lengths, tmp_path):
-    """compile=true (compiled blocks with the memory budget, the compiled optimizer on sharded
+    """compile=true (compiled stacks with the memory budget, the compiled optimizer on sharded
     parameters: what runs on GPUs) on two ranks trains like compile=false in one process while the
     learning rate warms up and changes every step."""
     common = [f"data.path={equal_lengths}", "global_batch_size=240", "max_steps=6", "lr_warmup_steps=4",
@@ -202,6 +203,7 @@ def test_no_wandb_credentials_goes_offline_with_one_line(mixed_lengths, tmp_path
     (["lr=abc"], 1, "lr"),
     (["activation_memory_budget=1.5"], 1, "activation_memory_budget must lie in [0, 1]"),
     (["grad_clip=0"], 1, "grad_clip"),
+    (["shard_unit=layer"], 1, "shard_unit"),
 ])
 def test_bad_config_fails_at_start_naming_the_key(args, nproc, expected, mixed_lengths, tmp_path):
     args = [f"data.path={mixed_lengths}", "max_steps=1", f"checkpoint_path={tmp_path / 'r'}", *args]

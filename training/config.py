@@ -49,7 +49,10 @@ class TrainConfig(BaseModel):
 
     compute_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     compile: Literal["auto", True, False] = "auto"
-    # < 1: the compiler recomputes the cheapest activations in backward until a block saves this
+    # the module FSDP2 shards and torch.compile compiles as one: a whole stack (fewer calls, less
+    # host time per step) or each block (finer overlap of communication; training/parallel.py)
+    shard_unit: Literal["stack", "block"] = "stack"
+    # < 1: the compiler recomputes the cheapest activations in backward until a unit saves this
     # fraction of what it otherwise would (training/parallel.py). HRM L at 0.7 on an H100: a fifth
     # less memory and faster on packed batches, 2% slower at full length (bench/RESULTS.md §8).
     activation_memory_budget: float = 0.7

@@ -1,19 +1,29 @@
-"""FSDP2 wrapping: `fully_shard` per block and at the root, compute in `compute_dtype` with fp32
-master weights and fp32 gradient reduction; and the per-block torch.compile of a training step.
+"""FSDP2 wrapping: `fully_shard` per stack and at the root, compute in `compute_dtype` with fp32
+master weights and fp32 gradient reduction; and the per-stack torch.compile of a training step.
 The model definition knows nothing of this.
 
-reshard_after_forward: FSDP2's default (True) frees a block's gathered bf16 parameters after each
+The unit of sharding and of compilation is a Stack by default (`shard_unit` in the training
+config): every call of a unit costs host time (FSDP2's pre/post-forward and backward hooks, the
+compiled graph's runtime wrappers), and a recurrent net calls its blocks many times per step
+(HRM L: 156 block calls in forward and backward, 13 stack calls). Per Block, the host needed
+193 ms for HRM L's step, per Stack 119 ms (H100, bench/RESULTS.md §14), where the GPU needs
+250-280 ms at 2 x 4096 tokens; with the faster flex_fa4 kernels the per-block step was host-bound.
+The cost: a stack's all-gather and reduce-scatter overlap with the other stack's compute rather
+than layer by layer, and a Transformer (one stack) overlaps none. Multi-node runs of the
+Transformer baseline on a slow interconnect may prefer `shard_unit=block`.
+
+reshard_after_forward: FSDP2's default (True) frees a unit's gathered bf16 parameters after each
 forward call and gathers them again at the next call and in backward. A recurrent net calls each
-block several times per step (HRM: every L block 6 times, every H block twice, and again for each
+stack several times per step (HRM: the L stack 6 times, the H stack twice, and again for each
 gradient-carrying call in backward), so resharding repeats the all-gather (and the fp32 -> bf16
-cast) up to ~13 times per block and step. Keeping the gathered copy for the step costs 2 bytes per
-parameter on every rank (about 1.2 GB for size L, 2.4 GB for XL) and gathers each block once in
+cast) up to ~13 times per unit and step. Keeping the gathered copy for the step costs 2 bytes per
+parameter on every rank (about 1.2 GB for size L, 2.4 GB for XL) and gathers each unit once in
 forward; that is the default here (`reshard_after_forward=False`). Pass True to save that memory
 for very large models on many GPUs.
 
 reshard_after_backward: FSDP2's default (True) frees them again after each gradient-carrying call's
-backward, so a block with k such calls is gathered k - 1 more times in backward (HRM: 1-2 times per
-block and step), each a copy on the GPU and several Python hooks on the host. Here they stay
+backward, so a unit with k such calls is gathered k - 1 more times in backward (HRM: 1-2 times per
+unit and step), each a copy on the GPU and several Python hooks on the host. Here they stay
 gathered (no extra memory: forward already held them all) until `reshard(model)`, which the
 training step calls once after backward so that the next forward gathers the updated weights.
 """
@@ -21,25 +31,30 @@ training step calls once after backward so that the next forward gathers the upd
 import torch
 import torch._functorch.config as functorch_config
 import torch.distributed as dist
+from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from models.layers import Block
+from models.layers import Block, Stack
 from models.model import LanguageModel
+
+UNITS: dict[str, type[nn.Module]] = {"stack": Stack, "block": Block}
 
 
 def shard_model(model: LanguageModel, compute_dtype: torch.dtype, reshard_after_forward: bool = False,
-                reshard_after_backward: bool = False, mesh: DeviceMesh | None = None) -> LanguageModel:
-    """mesh: FSDP2's default (None) is every rank on the accelerator if there is one, else the CPU."""
+                reshard_after_backward: bool = False, mesh: DeviceMesh | None = None,
+                unit: str = "stack") -> LanguageModel:
+    """mesh: FSDP2's default (None) is every rank on the accelerator if there is one, else the CPU.
+    unit: which modules are sharded on their own, "stack" or "block" (see above)."""
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
-    # A block's hidden-state input is already in compute_dtype (it comes from bf16 weights); its
-    # other float inputs are the fp32 RoPE tables, which FSDP's default input cast would round to
-    # bf16 (DESIGN.md §4 computes RoPE in fp32, as inference does).
-    block_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    # A unit's hidden-state input is already in compute_dtype (it comes from bf16 weights); its
+    # other float inputs (a Block's RoPE tables) are fp32, which FSDP's default input cast would
+    # round to bf16 (DESIGN.md §4 computes RoPE in fp32, as inference does).
+    unit_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for module in model.modules():
-        if isinstance(module, Block):
-            fully_shard(module, mesh=mesh, mp_policy=block_policy, reshard_after_forward=reshard_after_forward)
+        if isinstance(module, UNITS[unit]):
+            fully_shard(module, mesh=mesh, mp_policy=unit_policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     model.set_reshard_after_backward(reshard_after_backward)
     return model
@@ -76,18 +91,19 @@ def clip_grad_norm_(parameters, max_norm: float | None) -> torch.Tensor:
     return total
 
 
-def compile_blocks(model: LanguageModel, fullgraph: bool = False, activation_memory_budget: float = 1.0) -> LanguageModel:
-    """torch.compile every Block in place (the unit FSDP2 wraps, so its hooks stay outside the
+def compile_units(model: LanguageModel, fullgraph: bool = False, activation_memory_budget: float = 1.0,
+                  unit: str = "stack") -> LanguageModel:
+    """torch.compile every unit in place (the module FSDP2 wraps, so its hooks stay outside the
     graph). Shapes are static (fixed packed batches), so `dynamic=False`. One graph per grad mode
-    serves every block and every module call of the recurrence: the `call` index is unused on
-    packed batches, and parameters are graph inputs, so no recompiles across blocks or bp_steps.
+    serves every unit and every module call of the recurrence: the `call` index is unused on
+    packed batches, and parameters are graph inputs, so no recompiles across stacks or bp_steps.
 
     activation_memory_budget < 1 is selective activation checkpointing done by the compiler: the
-    backward graph recomputes the cheapest forward results (by FLOPs) until what a block saves
+    backward graph recomputes the cheapest forward results (by FLOPs) until what a unit saves
     fits that fraction of what it would save otherwise (torch._functorch's partitioner knob; a
     process-wide setting)."""
     functorch_config.activation_memory_budget = activation_memory_budget
     for module in model.modules():
-        if isinstance(module, Block):
+        if isinstance(module, UNITS[unit]):
             module.compile(dynamic=False, fullgraph=fullgraph)
     return model
