@@ -54,7 +54,7 @@ class TrainConfig(BaseModel):
     shard_unit: Literal["stack", "block"] = "stack"
     # < 1: the compiler recomputes the cheapest activations in backward until a unit saves this
     # fraction of what it otherwise would (training/parallel.py). HRM L at 0.7 on an H100: a fifth
-    # less memory and faster on packed batches, 2% slower at full length (bench/RESULTS.md §8).
+    # less memory and as fast on packed batches, 3-6% slower at 2 x 4096 (bench/RESULTS.md §8, §14).
     activation_memory_budget: float = 0.7
 
     log_interval: int = 10
