@@ -52,14 +52,13 @@ from bench import attention_check as check  # noqa: E402  (its timing and correc
 from dataset_new import default_max_samples  # noqa: E402
 from models import attention as attn_lib  # noqa: E402
 from models.flops import executed_flops_per_token  # noqa: E402
-from models.layers import Block  # noqa: E402
 from models.lm_head import IGNORE_LABEL  # noqa: E402
 from models.model import LanguageModel, model_vocab_size  # noqa: E402
 from models.optimizer import AdamATan2  # noqa: E402
 from pretrain import freeze_startup_objects, loss_normalizer, train_step  # noqa: E402
 from training.config import compose  # noqa: E402
 from training.distributed import init_distributed  # noqa: E402
-from training.parallel import compile_units, shard_model  # noqa: E402
+from training.parallel import compile_units, shard_model, unit_modules  # noqa: E402
 from training.schedule import lr_at  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.5, "H200": 989.5, "H800": 989.5, "A100": 312.0}
@@ -150,6 +149,10 @@ def timed_steps(step, warmup: int, steps: int, device):
     return losses, warm_s, elapsed, frames_warm - frames_start, dynamo_frames() - frames_warm
 
 
+# the variants (see the docstring) and the unit each shards and compiles
+VARIANT_UNITS = {"before": "block", "blocks": "block", "after": "stack"}
+
+
 def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str, memory_budget: float):
     """Time our training step; returns a result row (dict)."""
     device = d.device
@@ -168,14 +171,13 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
     model.init_weights()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     before = variant == "before"
-    unit = "block" if variant in ("before", "blocks") else "stack"
+    unit = VARIANT_UNITS[variant]
     shard_model(model, dtype, reshard_after_forward=before, reshard_after_backward=before, unit=unit)
     if not args.cpu:
         if before:
             torch._functorch.config.activation_memory_budget = 1.0  # compile_units sets it process-wide
-            for block in model.modules():
-                if isinstance(block, Block):
-                    block.compile()
+            for block in unit_modules(model, "block"):
+                block.compile()
         else:
             compile_units(model, fullgraph=args.fullgraph, activation_memory_budget=memory_budget, unit=unit)
     optimizer = AdamATan2(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, ema_rate=0.9999,
@@ -207,7 +209,7 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
     # attention term recounted from the real pairs: it scales with pairs / (tokens * context / 2)
     fpt_actual = fpt - attn_per_token + attn_per_token * pairs / (real_tokens * context / 2)
     loss_values = [(t[0] / t[1]).item() for t in losses]
-    if memory_budget < 1 and not before and not args.cpu:  # the budget acts on compiled blocks only
+    if memory_budget < 1 and not before and not args.cpu:  # the budget acts on compiled units only
         variant = f"{variant}@{memory_budget:g}"
     row = {"model": f"{arch.net}:{args.size_of[arch.net]}", "variant": variant, "shape": shape, "tokens": tokens,
            "backend": backend, "tok_s": tok_s, "tflops": tok_s * fpt / 1e12, "tflops_actual": tok_s * fpt_actual / 1e12,
@@ -409,7 +411,7 @@ def attention_table(device):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="hrm:L,transformer:L", help="net:size,... (arch/net, arch/size configs)")
-    parser.add_argument("--variants", default="after", help="before,blocks,after (see above)")
+    parser.add_argument("--variants", default="after", help=f"{','.join(VARIANT_UNITS)} (see above)")
     parser.add_argument("--tokens", type=int, default=16384, help="packed tokens per GPU")
     parser.add_argument("--shapes", default="mix,full", help="mix (packed realistic) and/or full (4096-token samples)")
     parser.add_argument("--full-tokens", type=int, default=8192, help="tokens per GPU for the full-length shape")
@@ -431,9 +433,9 @@ def main() -> None:
                         help="after timing, cProfile 2 steps: host time per Python function")
     parser.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (smoke test, no compile)")
     args = parser.parse_args()
-    unknown = set(args.variants.split(",")) - {"before", "blocks", "after"}
+    unknown = set(args.variants.split(",")) - set(VARIANT_UNITS)
     if unknown:
-        parser.error(f"--variants: unknown {sorted(unknown)}; use before, blocks and/or after")
+        parser.error(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(VARIANT_UNITS)}")
     if args.cpu:
         args.models = ",".join(m.split(":")[0] + ":tiny" for m in args.models.split(","))
         args.tokens, args.full_tokens, args.context = 1024, 512, 256

@@ -23,16 +23,17 @@ def cpu_mesh():
     return init_device_mesh("cpu", (1,))
 
 
-def test_sharded_bf16_forward_equals_the_plain_bf16_model(one_rank_group):
+@pytest.mark.parametrize("unit", ["stack", "block"])
+def test_sharded_bf16_forward_equals_the_plain_bf16_model(one_rank_group, unit):
     """FSDP2's mixed precision casts the fp32 master weights to bf16 and must leave the rest alone:
-    RoPE tables are fp32 (DESIGN.md §4), so the wrapped model's logits equal, bit for bit, those
-    of a bf16 copy of the model run without FSDP."""
+    RoPE tables are fp32 (DESIGN.md §4; a Block receives them as inputs), so the wrapped model's
+    logits equal, bit for bit, those of a bf16 copy of the model run without FSDP."""
     arch = tiny_arch("hrm")
     torch.manual_seed(0)
     sharded = LanguageModel(arch, 512)
     sharded.init_weights()
     plain_bf16 = copy.deepcopy(sharded).to(torch.bfloat16)
-    shard_model(sharded, torch.bfloat16, mesh=cpu_mesh())
+    shard_model(sharded, torch.bfloat16, mesh=cpu_mesh(), unit=unit)
     g = torch.Generator().manual_seed(0)
     ids, pos, cu, pre = packed_inputs([9, 5, 7], [4, 1, 3], 24, 512, g)
     ctx = packed_context(cu, pre, 24, arch)
@@ -52,6 +53,8 @@ def test_compiled_units_with_a_memory_budget_match_eager(unit):
     compiled = copy.deepcopy(eager)
     try:
         compile_units(compiled, activation_memory_budget=0.3, unit=unit)
+        compiled_kinds = {type(m) for m in compiled.modules() if getattr(m, "_compiled_call_impl", None)}
+        assert compiled_kinds == {{"stack": Stack, "block": Block}[unit]}
         g = torch.Generator().manual_seed(0)
         ids, pos, cu, pre = packed_inputs([9, 5, 7], [4, 1, 3], 24, 512, g)
         outputs = []
@@ -124,3 +127,12 @@ def test_clip_grad_norm_matches_torch_on_plain_tensors(max_norm):
 def test_clip_grad_norm_refuses_parameters_without_gradients():
     with pytest.raises(ValueError, match="after backward and reshard"):
         clip_grad_norm_([torch.nn.Parameter(torch.zeros(3))], 1.0)
+
+
+def test_compile_units_refuses_another_unit_than_the_sharding_one(one_rank_group):
+    """Compiling blocks inside stacks that FSDP2 wraps would trace its hooks into the graphs."""
+    model = shard_model(LanguageModel(tiny_arch("hrm"), 512), torch.float32, mesh=cpu_mesh(), unit="stack")
+    with pytest.raises(ValueError, match="sharded by another unit"):
+        compile_units(model, unit="block")
+    with pytest.raises(ValueError, match="unit must be one of"):
+        compile_units(model, unit="layer")

@@ -53,8 +53,9 @@ class TrainConfig(BaseModel):
     # host time per step) or each block (finer overlap of communication; training/parallel.py)
     shard_unit: Literal["stack", "block"] = "stack"
     # < 1: the compiler recomputes the cheapest activations in backward until a unit saves this
-    # fraction of what it otherwise would (training/parallel.py). HRM L at 0.7 on an H100: a fifth
-    # less memory and as fast on packed batches, 3-6% slower at 2 x 4096 (bench/RESULTS.md §8, §14).
+    # fraction of what it otherwise would (training/parallel.py). HRM L at 0.7 on an H100, per
+    # block: a fifth less memory and faster on packed batches (bench/RESULTS.md §8); per stack at
+    # 2 x 4096: 5-6% slower than 1.0 with flex, 2-3% with flex_fa4 (§14).
     activation_memory_budget: float = 0.7
 
     log_interval: int = 10

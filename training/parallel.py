@@ -5,9 +5,10 @@ The model definition knows nothing of this.
 The unit of sharding and of compilation is a Stack by default (`shard_unit` in the training
 config): every call of a unit costs host time (FSDP2's pre/post-forward and backward hooks, the
 compiled graph's runtime wrappers), and a recurrent net calls its blocks many times per step
-(HRM L: 156 block calls in forward and backward, 13 stack calls). Per Block, the host needed
-193 ms for HRM L's step, per Stack 119 ms (H100, bench/RESULTS.md §14), where the GPU needs
-250-280 ms at 2 x 4096 tokens; with the faster flex_fa4 kernels the per-block step was host-bound.
+(HRM L: 156 block calls in forward and backward, 13 stack calls). On an H100 the host's time
+for HRM L's step fell to 119 ms per stack (bench/RESULTS.md §14), from 193 ms per block before
+the reshard and gradient-norm changes below (§13), while the GPU needs 250-280 ms at 2 x 4096
+tokens; per block, the step with the faster flex_fa4 kernels was host-bound.
 The cost: a stack's all-gather and reduce-scatter overlap with the other stack's compute rather
 than layer by layer, and a Transformer (one stack) overlaps none. Multi-node runs of the
 Transformer baseline on a slow interconnect may prefer `shard_unit=block`.
@@ -18,8 +19,9 @@ stack several times per step (HRM: the L stack 6 times, the H stack twice, and a
 gradient-carrying call in backward), so resharding repeats the all-gather (and the fp32 -> bf16
 cast) up to ~13 times per unit and step. Keeping the gathered copy for the step costs 2 bytes per
 parameter on every rank (about 1.2 GB for size L, 2.4 GB for XL) and gathers each unit once in
-forward; that is the default here (`reshard_after_forward=False`). Pass True to save that memory
-for very large models on many GPUs.
+forward; that is the default here (`reshard_after_forward=False`). Pass True (with
+`shard_unit=block`, so that only one block is gathered at a time) to save that memory for very
+large models on many GPUs.
 
 reshard_after_backward: FSDP2's default (True) frees them again after each gradient-carrying call's
 backward, so a unit with k such calls is gathered k - 1 more times in backward (HRM: 1-2 times per
@@ -42,19 +44,27 @@ from models.model import LanguageModel
 UNITS: dict[str, type[nn.Module]] = {"stack": Stack, "block": Block}
 
 
+def unit_modules(model: nn.Module, unit: str) -> list[nn.Module]:
+    """The modules of kind `unit` ("stack" or "block") in `model`."""
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {sorted(UNITS)}, got {unit!r}")
+    return [module for module in model.modules() if isinstance(module, UNITS[unit])]
+
+
 def shard_model(model: LanguageModel, compute_dtype: torch.dtype, reshard_after_forward: bool = False,
                 reshard_after_backward: bool = False, mesh: DeviceMesh | None = None,
                 unit: str = "stack") -> LanguageModel:
     """mesh: FSDP2's default (None) is every rank on the accelerator if there is one, else the CPU.
     unit: which modules are sharded on their own, "stack" or "block" (see above)."""
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
-    # A unit's hidden-state input is already in compute_dtype (it comes from bf16 weights); its
-    # other float inputs (a Block's RoPE tables) are fp32, which FSDP's default input cast would
-    # round to bf16 (DESIGN.md §4 computes RoPE in fp32, as inference does).
+    # A unit's hidden-state input is already in compute_dtype (it comes from bf16 weights). A
+    # Block's other float inputs are the fp32 RoPE tables, which FSDP's default input cast would
+    # round to bf16 (DESIGN.md §4 computes RoPE in fp32, as inference does); a Stack makes them
+    # itself from integer positions, and skipping the cast also spares a walk over the attention
+    # context at every call.
     unit_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
-    for module in model.modules():
-        if isinstance(module, UNITS[unit]):
-            fully_shard(module, mesh=mesh, mp_policy=unit_policy, reshard_after_forward=reshard_after_forward)
+    for module in unit_modules(model, unit):
+        fully_shard(module, mesh=mesh, mp_policy=unit_policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     model.set_reshard_after_backward(reshard_after_backward)
     return model
@@ -101,9 +111,14 @@ def compile_units(model: LanguageModel, fullgraph: bool = False, activation_memo
     activation_memory_budget < 1 is selective activation checkpointing done by the compiler: the
     backward graph recomputes the cheapest forward results (by FLOPs) until what a unit saves
     fits that fraction of what it would save otherwise (torch._functorch's partitioner knob; a
-    process-wide setting)."""
+    process-wide setting).
+
+    On a sharded model, `unit` must be shard_model's: compiling another unit would trace FSDP2's
+    hooks into the graphs."""
+    modules = unit_modules(model, unit)
+    if isinstance(model, FSDPModule) and not all(isinstance(module, FSDPModule) for module in modules):
+        raise ValueError(f"compile_units(unit={unit!r}): the model is sharded by another unit; pass shard_model's unit")
     functorch_config.activation_memory_budget = activation_memory_budget
-    for module in model.modules():
-        if isinstance(module, UNITS[unit]):
-            module.compile(dynamic=False, fullgraph=fullgraph)
+    for module in modules:
+        module.compile(dynamic=False, fullgraph=fullgraph)
     return model
