@@ -50,11 +50,13 @@ except ImportError:
 log = logging.getLogger(__name__)
 
 BACKENDS = ("sdpa", "varlen", "fa3", "flex", "flex_fa4")
+# The flex_attention backends and their kernel_options: torch's own Triton kernels, or FlashAttention 4's.
+_FLEX_KERNELS = {"flex": None, "flex_fa4": {"BACKEND": "FLASH"}}
 ATTN_TYPES = ("prefixlm", "causal")
 # Fastest first, as measured on an H100 (bench/RESULTS.md §2, §13): on prefix-LM batches compiled flex
 # beats the two-pass varlen by about 3x; fa3 is untested (not installed there). flex_fa4 is not listed:
-# in HRM L's step its kernels take 13-39% less GPU time than flex's, but their Python launch cost
-# (~0.15 ms per forward, ~0.6 ms per backward call) makes the step host-bound and no faster (§13).
+# HRM L's step at 2 x 4096 is 5-9% faster with it (per-stack units, §14), but it was not timed so on
+# the packed mix (per block: within 1%, §13), needs its own install, and compiles slowly at first use.
 _AUTO_ORDER = ("flex", "fa3", "varlen", "sdpa")
 
 # torch 2.10 spells causal `is_causal=True`; torch >= 2.11 replaced it with window_size=(-1, 0).
@@ -86,7 +88,7 @@ def _unavailable_reason(name: str, device: torch.device) -> str | None:
         if torch.cuda.get_device_capability(device)[0] != 9:
             return f"fa3 needs a Hopper GPU (sm90), found {torch.cuda.get_device_name(device)}"
         return None
-    if name in ("flex", "flex_fa4"):
+    if name in _FLEX_KERNELS:
         if device.type != "cuda":
             return f"flex_attention has no backward on {device.type} in torch {torch.__version__}"
         if importlib.util.find_spec("triton") is None:
@@ -95,8 +97,9 @@ def _unavailable_reason(name: str, device: torch.device) -> str | None:
             return None
         if "BACKEND" not in getattr(getattr(_flex_module, "FlexKernelOptions", None), "__annotations__", {}):
             return f"flex_attention in torch {torch.__version__} cannot run FlashAttention 4 kernels (needs torch >= 2.11)"
-        if _fa4_import_error() is not None:
-            return f"flash_attn.cute (FlashAttention 4: pip install flash-attn-4) cannot be imported: {_fa4_import_error()}"
+        import_error = _fa4_import_error()
+        if import_error is not None:
+            return f"flash_attn.cute (FlashAttention 4: pip install flash-attn-4) cannot be imported: {import_error}"
         if torch.cuda.get_device_capability(device)[0] not in (9, 10):
             return f"flex_fa4 needs a Hopper or Blackwell GPU (sm90/sm100), found {torch.cuda.get_device_name(device)}"
         return None
@@ -248,7 +251,7 @@ def build_layout(
         layout.band_keys, layout.band_mask = _band(seg, prefix_end, total_len, max_seqlen)
     elif backend == "sdpa":
         layout.dense_mask = _may_attend(seg[:, None], seg[None, :], prefix_end[:, None], tokens[:, None], tokens[None, :])
-    elif backend in ("flex", "flex_fa4"):
+    elif backend in _FLEX_KERNELS:
         # int32: what the CuTe DSL kernels read inside mask_mod (and half the bytes for Triton's)
         layout.block_mask = _block_mask_builder(device)(seg.int(), prefix_end.int(), total_len)
     else:  # the two-pass backends
@@ -295,10 +298,6 @@ def _block_mask_builder(device: torch.device):
     """_flex_block_mask, compiled on CUDA: one fused pass over the L x L mask instead of a few
     eager kernels per chunk (several ms per step at 16k tokens otherwise)."""
     return _compiled(_flex_block_mask) if device.type == "cuda" else _flex_block_mask
-
-
-# flex_attention's kernel_options per backend: torch's own Triton kernels, or FlashAttention 4's.
-_FLEX_KERNELS = {"flex": None, "flex_fa4": {"BACKEND": "FLASH"}}
 
 
 def _flex(q, k, v, block_mask, kernel_options=None):

@@ -44,8 +44,8 @@ def test_sharded_bf16_forward_equals_the_plain_bf16_model(one_rank_group, unit):
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("unit", ["stack", "block"])
-def test_compiled_units_with_a_memory_budget_match_eager(unit):
+@pytest.mark.parametrize("unit, unit_class", [("stack", Stack), ("block", Block)])
+def test_compiled_units_with_a_memory_budget_match_eager(unit, unit_class):
     arch = tiny_arch("hrm")
     torch.manual_seed(0)
     eager = LanguageModel(arch, 512)
@@ -54,7 +54,7 @@ def test_compiled_units_with_a_memory_budget_match_eager(unit):
     try:
         compile_units(compiled, activation_memory_budget=0.3, unit=unit)
         compiled_kinds = {type(m) for m in compiled.modules() if getattr(m, "_compiled_call_impl", None)}
-        assert compiled_kinds == {{"stack": Stack, "block": Block}[unit]}
+        assert compiled_kinds == {unit_class}
         g = torch.Generator().manual_seed(0)
         ids, pos, cu, pre = packed_inputs([9, 5, 7], [4, 1, 3], 24, 512, g)
         outputs = []

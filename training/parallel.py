@@ -70,7 +70,7 @@ def shard_model(model: LanguageModel, compute_dtype: torch.dtype, reshard_after_
     return model
 
 
-def reshard(model: torch.nn.Module) -> None:
+def reshard(model: nn.Module) -> None:
     """Free every FSDP2 module's gathered parameters (a no-op on an unwrapped model)."""
     for module in model.modules():
         if isinstance(module, FSDPModule):
@@ -105,8 +105,9 @@ def compile_units(model: LanguageModel, fullgraph: bool = False, activation_memo
                   unit: str = "stack") -> LanguageModel:
     """torch.compile every unit in place (the module FSDP2 wraps, so its hooks stay outside the
     graph). Shapes are static (fixed packed batches), so `dynamic=False`. One graph per grad mode
-    serves every unit and every module call of the recurrence: the `call` index is unused on
-    packed batches, and parameters are graph inputs, so no recompiles across stacks or bp_steps.
+    serves every unit of the same depth and every module call of the recurrence: the `call` index
+    is unused on packed batches, and parameters are graph inputs, so no recompiles across stacks
+    (unless H_override gives the H stack another depth) or bp_steps.
 
     activation_memory_budget < 1 is selective activation checkpointing done by the compiler: the
     backward graph recomputes the cheapest forward results (by FLOPs) until what a unit saves
