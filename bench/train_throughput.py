@@ -199,6 +199,7 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
     losses, warm_s, elapsed, frames, recompiles = timed_steps(step, args.warmup, args.steps, device)
     if args.profile and device.type == "cuda":
         profile_steps(step, args.warmup + args.steps, 2, device)
+        sync_check(step, args.warmup + args.steps + 2)
     if args.host_profile:
         host_profile_steps(step, args.warmup + args.steps, 2, device)
     real_tokens = sum(batches[i % len(batches)][1]["num_tokens"] for i in range(args.warmup, args.warmup + args.steps))
@@ -234,6 +235,21 @@ KERNEL_GROUPS = (
 )
 
 
+def gpu_timeline(kernels):
+    """kernels: (name, start, end) in us, possibly overlapping. Returns the busy time (their union)
+    and the idle gaps as (idle us, at us from the first kernel's start, kernel before, kernel after)."""
+    ordered = sorted(kernels, key=lambda k: k[1])
+    t_first = ordered[0][1]
+    busy, end, last, gaps = 0.0, t_first, "", []
+    for name, start, stop in ordered:
+        if start > end:
+            gaps.append((start - end, start - t_first, last, name))
+        busy += max(0.0, stop - max(start, end))
+        if stop > end:
+            end, last = stop, name
+    return busy, gaps
+
+
 def profile_steps(step, first: int, n: int, device, top_per_group: int = 8) -> None:
     """Profile n steps and print where the GPU time goes: per kernel group and its top kernels, and
     how much of the wall time the GPU was idle (launch-bound or waiting on the host)."""
@@ -253,10 +269,7 @@ def profile_steps(step, first: int, n: int, device, top_per_group: int = 8) -> N
     kernels = [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
                if e.device_type == DeviceType.CUDA and not e.is_user_annotation
                and not re.match(r"Optimizer\.|FSDP::|## ", e.name)]
-    busy, end = 0.0, -1.0
-    for _, start, stop in sorted(kernels, key=lambda k: k[1]):
-        busy += max(0.0, stop - max(start, end))
-        end = max(end, stop)
+    busy, gaps = gpu_timeline(kernels)
     by_group: dict[str, float] = {}
     by_name: dict[tuple[str, str], list] = {}
     for name, start, stop in kernels:
@@ -273,6 +286,41 @@ def profile_steps(step, first: int, n: int, device, top_per_group: int = 8) -> N
         top = sorted(((v, name) for (g, name), v in by_name.items() if g == group), key=lambda x: -x[0][0])
         for (us_k, count), name in top[:top_per_group]:
             log(f"    {us_k / n / 1e3:7.2f} {count / n:6.1f}  {name[:110]}")
+    # Where the GPU waited: idle gaps between kernels, and the host calls that block on the GPU
+    # (a sync drains the queue, so the GPU then idles while the host issues the next kernels).
+    long_gaps = [g for g in gaps if g[0] >= 50]
+    log(f"GPU idle between kernels: {sum(g[0] for g in gaps) / n / 1e3:.1f} ms/step, of which "
+        f"{sum(g[0] for g in long_gaps) / n / 1e3:.1f} ms/step in {len(long_gaps) / n:.0f} gaps >= 50 us; longest "
+        "(at ms from the first kernel, us, kernel before -> after):")
+    for gap_us, at_us, before, after in sorted(long_gaps, reverse=True)[:12]:
+        log(f"    {at_us / 1e3:8.1f} {gap_us:8.0f}  {before[:50]} -> {after[:50]}")
+    waits: dict[str, list] = {}
+    for e in prof.events():
+        if e.device_type != DeviceType.CUDA and re.fullmatch(r"cuda(\w*Synchronize|Memcpy|Free)", e.name):
+            entry = waits.setdefault(e.name, [0.0, 0])
+            entry[0] += e.time_range.end - e.time_range.start
+            entry[1] += 1
+    log(f"host calls that wait on the GPU over the {n} steps (one cudaDeviceSynchronize ends the window): "
+        + ", ".join(f"{name} x{count} {us / 1e3:.1f} ms" for name, (us, count) in waits.items()))
+
+
+def sync_check(step, i: int) -> None:
+    """Run step i under CUDA's sync debug mode and print where the host waited for the GPU."""
+    import warnings
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step(i)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    places: dict[str, int] = {}
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            key = f"{w.filename}:{w.lineno}"
+            places[key] = places.get(key, 0) + 1
+    log("host syncs in one step (sync debug mode): " + (", ".join(f"{k} x{v}" for k, v in places.items()) or "none"))
 
 
 def host_profile_steps(step, first: int, n: int, device, top: int = 40) -> None:
@@ -428,7 +476,9 @@ def main() -> None:
     parser.add_argument("--no-attention", action="store_true", help="skip the attention backend table")
     parser.add_argument("--memory-budget", type=float, default=None,
                         help="activation_memory_budget of compile_units (default: cfg_pretrain's)")
-    parser.add_argument("--profile", action="store_true", help="after timing, profile 2 steps: GPU time per kernel group")
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing, profile 2 steps (GPU time per kernel group, GPU idle gaps, host waits) "
+                        "and run one under CUDA's sync debug mode")
     parser.add_argument("--host-profile", action="store_true",
                         help="after timing, cProfile 2 steps: host time per Python function")
     parser.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (smoke test, no compile)")
