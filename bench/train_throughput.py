@@ -198,8 +198,10 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
 
     losses, warm_s, elapsed, frames, recompiles = timed_steps(step, args.warmup, args.steps, device)
     if args.profile and device.type == "cuda":
-        profile_steps(step, args.warmup + args.steps, 2, device)
-        sync_check(step, args.warmup + args.steps + 2)
+        first = args.warmup + args.steps
+        lead_trace(step, model.net, first, 3)
+        profile_steps(step, first + 3, 2, device)
+        sync_check(step, first + 5)
     if args.host_profile:
         host_profile_steps(step, args.warmup + args.steps, 2, device)
     real_tokens = sum(batches[i % len(batches)][1]["num_tokens"] for i in range(args.warmup, args.warmup + args.steps))
@@ -302,6 +304,44 @@ def profile_steps(step, first: int, n: int, device, top_per_group: int = 8) -> N
             entry[1] += 1
     log(f"host calls that wait on the GPU over the {n} steps (one cudaDeviceSynchronize ends the window): "
         + ", ".join(f"{name} x{count} {us / 1e3:.1f} ms" for name, (us, count) in waits.items()))
+
+
+def lead_trace(step, net, first: int, n: int) -> None:
+    """Run n steps with marks at each stack call's forward and backward and at the step's ends: a
+    CUDA event and the host's clock. After a sync, each mark of the last step shows how far ahead
+    of the GPU the host was there (the GPU reached the mark `lead` ms after the host issued it);
+    a lead near zero means the GPU was waiting for the host at that point."""
+    marks = []
+
+    def mark(label):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        marks.append((label, time.perf_counter(), event))
+
+    def traced_run_call(role, x, rope, ctx, call, grad, run_call=net.run_call):
+        mark(f"forward call {call} ({role}{', grad' if grad else ''})")
+        out = run_call(role, x, rope, ctx, call, grad)
+        if out.requires_grad:  # fires when backward reaches this call's output (on autograd's thread)
+            out.register_hook(lambda _, label=f"backward call {call} ({role})": mark(label))
+        return out
+
+    torch.cuda.synchronize()
+    mark("start (queue empty)")
+    net.run_call = traced_run_call
+    try:
+        for i in range(first, first + n):
+            last = len(marks)
+            mark("step start")
+            step(i)
+            mark("step end")
+    finally:
+        del net.run_call
+    torch.cuda.synchronize()
+    _, t0, e0 = marks[0]
+    log(f"host lead over the GPU in step {n} of {n} (ms; GPU time of the mark after the start, lead):")
+    for label, t, event in marks[last:]:
+        gpu_ms = e0.elapsed_time(event)
+        log(f"    {label:34} {gpu_ms:9.1f} {gpu_ms - (t - t0) * 1e3:7.1f}")
 
 
 def sync_check(step, i: int) -> None:
@@ -477,8 +517,8 @@ def main() -> None:
     parser.add_argument("--memory-budget", type=float, default=None,
                         help="activation_memory_budget of compile_units (default: cfg_pretrain's)")
     parser.add_argument("--profile", action="store_true",
-                        help="after timing, profile 2 steps (GPU time per kernel group, GPU idle gaps, host waits) "
-                        "and run one under CUDA's sync debug mode")
+                        help="after timing: the host's lead over the GPU through 3 steps, a profile of 2 "
+                        "(GPU time per kernel group, GPU idle gaps, host waits), one step under CUDA's sync debug mode")
     parser.add_argument("--host-profile", action="store_true",
                         help="after timing, cProfile 2 steps: host time per Python function")
     parser.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (smoke test, no compile)")

@@ -184,8 +184,9 @@ class Stack(nn.Module):
         self.cfg = cfg
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
 
-    def forward(self, x, position_ids, ctx: AttentionContext, call: int):
-        cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
+    def forward(self, x, rope: tuple[torch.Tensor, torch.Tensor], ctx: AttentionContext, call: int):
+        """rope: the (cos, sin) tables of rope_cos_sin for this stack's head_dim and theta."""
+        cos, sin = rope
         for layer in self.layers:
             x = layer(x, cos, sin, ctx, call)
         return x if self.cfg.post_norm else rms_norm(x, self.cfg.norm_eps)

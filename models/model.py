@@ -41,7 +41,7 @@ class LanguageModel(nn.Module):
         With labels (and sample_ids, num_samples; see models/lm_head.py): (loss_sum, metrics)
         instead, computed in chunks so the full logits never exist."""
         x = self.embed_tokens(input_ids) * self.embedding_scale
-        z = self.net(x, position_ids, ctx, self.arch.bp_max_steps if bp_steps is None else bp_steps)
+        z = self.net(x, self.net.rope_tables(position_ids), ctx, self.arch.bp_max_steps if bp_steps is None else bp_steps)
         if labels is None:
             return self.lm_head(z)
         return loss_and_metrics(self.lm_head, z.flatten(0, 1), labels.flatten(), sample_ids.flatten(), num_samples)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from models.config import ArchConfig
-from models.layers import AttentionContext, Stack, trunc_normal_
+from models.layers import AttentionContext, Stack, rope_cos_sin, trunc_normal_
 
 
 def bp_steps_at(arch: ArchConfig, step: int, total_steps: int) -> int:
@@ -61,8 +61,15 @@ class Net(nn.Module):
         # Fixed, persisted, never trained: the initial low-level state.
         self.register_buffer("z_L_init", torch.zeros(arch.hidden_size), persistent=True)
 
-    def stack_for(self, role: str) -> Stack:
-        return self.stacks["L" if self.shared_stack or role == "L" else "H"]
+    def stack_name(self, role: str) -> str:
+        return "L" if self.shared_stack or role == "L" else "H"
+
+    def rope_tables(self, position_ids: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Each stack's RoPE cos/sin for these positions, made once per forward and passed to every
+        call: inside a compiled stack they would be recomputed (sin, cos, pow) in each block's
+        kernels, forward and backward, which makes those kernels compute-bound."""
+        return {name: rope_cos_sin(position_ids, stack.cfg.head_dim, stack.cfg.rope_theta)
+                for name, stack in self.stacks.items()}
 
     @property
     def num_calls(self) -> int:
@@ -95,11 +102,13 @@ class Net(nn.Module):
             stack.init_weights(self.arch.init, total_layers)
         trunc_normal_(self.z_L_init, 1.0)
 
-    def run_call(self, role, x, position_ids, ctx, call, grad):
+    def run_call(self, role, x, rope, ctx, call, grad):
+        name = self.stack_name(role)
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            return self.stack_for(role)(x, position_ids, ctx, call)
+            return self.stacks[name](x, rope[name], ctx, call)
 
-    def forward(self, x, position_ids, ctx: AttentionContext, bp_steps: int) -> torch.Tensor:
+    def forward(self, x, rope, ctx: AttentionContext, bp_steps: int) -> torch.Tensor:
+        """x: the embedded input; rope: `rope_tables(position_ids)`."""
         raise NotImplementedError
 
 
@@ -114,8 +123,8 @@ class Transformer(Net):
     def grad_calls(cls, arch, bp_steps):
         return {"L": 1}
 
-    def forward(self, x, position_ids, ctx, bp_steps):
-        return self.run_call("L", x, position_ids, ctx, 0, True)
+    def forward(self, x, rope, ctx, bp_steps):
+        return self.run_call("L", x, rope, ctx, 0, True)
 
 
 class HRM(Net):
@@ -134,13 +143,13 @@ class HRM(Net):
         h = min(arch.H_cycles, bp_steps - 1)
         return {"H": h, "L": bp_steps - h}
 
-    def forward(self, x, position_ids, ctx, bp_steps):
+    def forward(self, x, rope, ctx, bp_steps):
         z_H, z_L = x, self.z_L_init.to(x.dtype).expand_as(x)
         for call, (role, grad) in enumerate(self.call_plan(bp_steps)):
             if role == "L":
-                z_L = self.run_call("L", z_L + z_H + x if self.inject_input else z_L + z_H, position_ids, ctx, call, grad)
+                z_L = self.run_call("L", z_L + z_H + x if self.inject_input else z_L + z_H, rope, ctx, call, grad)
             else:
-                z_H = self.run_call("H", z_H + z_L, position_ids, ctx, call, grad)
+                z_H = self.run_call("H", z_H + z_L, rope, ctx, call, grad)
         return z_H
 
 
@@ -175,13 +184,13 @@ class RINS(Net):
     def grad_calls(cls, arch, bp_steps):
         return {"L": 4, "H": 1}
 
-    def forward(self, x, position_ids, ctx, bp_steps):
+    def forward(self, x, rope, ctx, bp_steps):
         z_L = self.z_L_init.to(x.dtype).expand_as(x)
         plan = self.call_plan(bp_steps)
         for call, (role, grad) in enumerate(plan[:-1]):
-            z_L = self.run_call(role, z_L + x, position_ids, ctx, call, grad)
+            z_L = self.run_call(role, z_L + x, rope, ctx, call, grad)
         role, grad = plan[-1]
-        return self.run_call(role, z_L, position_ids, ctx, len(plan) - 1, grad)
+        return self.run_call(role, z_L, rope, ctx, len(plan) - 1, grad)
 
 
 class UniversalTransformer(Net):
@@ -197,10 +206,10 @@ class UniversalTransformer(Net):
     def grad_calls(cls, arch, bp_steps):
         return {"L": 2}
 
-    def forward(self, x, position_ids, ctx, bp_steps):
+    def forward(self, x, rope, ctx, bp_steps):
         z = self.z_L_init.to(x.dtype).expand_as(x)
         for call, (role, grad) in enumerate(self.call_plan(bp_steps)):
-            z = self.run_call(role, z + x, position_ids, ctx, call, grad)
+            z = self.run_call(role, z + x, rope, ctx, call, grad)
         return z
 
 
