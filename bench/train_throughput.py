@@ -132,8 +132,11 @@ def timed_steps(step, warmup: int, steps: int, device):
     during the timed steps (recompiles)."""
     frames_start = dynamo_frames()
     t0 = time.perf_counter()
-    losses = [step(i) for i in range(warmup)]
-    sync(device)
+    losses = []
+    for i in range(warmup):  # the first steps compile: minutes for a large model, so show progress
+        losses.append(step(i))
+        sync(device)
+        log(f"warm-up step {i + 1}/{warmup} done at {time.perf_counter() - t0:.1f} s")
     warm_s = time.perf_counter() - t0
     t_gc = time.perf_counter()
     freeze_startup_objects()  # as pretrain.py does after its first step
