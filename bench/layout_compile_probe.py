@@ -1,5 +1,6 @@
-"""Time the first packed-layout build (flex: the compiled block-mask builder) in a fresh process,
-and print the main thread's stack every 30 s while it waits (a compile stall shows where).
+"""Time the packed-layout build for flex (its BlockMask) in a fresh process, first call and
+repeats, printing the main thread's stack every 30 s while one runs: the builder used to be
+compiled, and that compile stalled in Triton at 16384 tokens (bench/RESULTS.md §15).
 
     python3 bench/layout_compile_probe.py --tokens 16384
 """

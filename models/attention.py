@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import flex_attention as _flex_module
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 try:
     from torch.nn.attention.varlen import varlen_attn
@@ -253,7 +253,7 @@ def build_layout(
         layout.dense_mask = _may_attend(seg[:, None], seg[None, :], prefix_end[:, None], tokens[:, None], tokens[None, :])
     elif backend in _FLEX_KERNELS:
         # int32: what the CuTe DSL kernels read inside mask_mod (and half the bytes for Triton's)
-        layout.block_mask = _block_mask_builder(device)(seg.int(), prefix_end.int(), total_len)
+        layout.block_mask = _flex_block_mask(seg.int(), prefix_end.int(), total_len)
     else:  # the two-pass backends
         layout.cu_seqlens = cu_seqlens.to(torch.int32)
         if attn_type == "prefixlm":
@@ -281,23 +281,51 @@ def _fa3_varlen(q, k, v, cu_q, cu_k, max_len, causal):
 # Both take q [Tq, H, D], k/v [Tk, H, D] and return [Tq, H, D]; causal is bottom-right aligned.
 _VARLEN_KERNELS = {"varlen": _torch_varlen, "fa3": _fa3_varlen}
 
+FLEX_TILE = 128  # the BlockMask's tile (flex_attention's default block, FA4's tile on Hopper)
+
+
 def _flex_block_mask(seg, prefix_end, total_len: int) -> BlockMask:
+    """The packed layout's BlockMask, classified per FLEX_TILE x FLEX_TILE tile of (query, key)
+    from per-tile bounds in O((L / 128)^2) work: empty tiles are skipped, full tiles run without
+    mask_mod, partial ones apply it per pair. Evaluating mask_mod over all L x L pairs (what
+    create_block_mask does) cost several ms per step eagerly, and compiled it stalled for minutes in
+    Triton at 16384 tokens (bench/RESULTS.md §15).
+
+    Exact for _may_attend because segments are contiguous and increasing along the tokens and every
+    sample is non-empty: a query tile Q and key tile K share a pair that may attend iff their segment
+    ranges overlap and K starts before Q ends, or some prefix in Q reaches K's start; every pair
+    may attend iff Q and K are whole tiles of one segment and K ends before that segment's prefix
+    does or before Q starts. tests/test_attention.py checks this against create_block_mask."""
     def mask_mod(b, h, q_idx, kv_idx):
         return _may_attend(seg[q_idx], seg[kv_idx], prefix_end[q_idx], q_idx, kv_idx)
 
-    return create_block_mask(mask_mod, None, None, total_len, total_len, device=seg.device)
+    tiles = -(-total_len // FLEX_TILE)
+    first = torch.arange(tiles, device=seg.device) * FLEX_TILE
+    last = (first + FLEX_TILE - 1).clamp(max=total_len - 1)
+    seg_lo, seg_hi = seg[first], seg[last]
+    reach = F.pad(prefix_end, (0, tiles * FLEX_TILE - total_len)).view(tiles, FLEX_TILE).amax(-1)
+    # rows: query tiles, columns: key tiles
+    overlap = (seg_lo[None, :] <= seg_hi[:, None]) & (seg_lo[:, None] <= seg_hi[None, :])
+    some = overlap & ((first[None, :] <= last[:, None]) | (reach[:, None] > first[None, :]))
+    whole = (seg_lo == seg_hi) & (last - first == FLEX_TILE - 1)
+    same = whole[:, None] & whole[None, :] & (seg_lo[:, None] == seg_lo[None, :])
+    every = same & ((last[None, :] < prefix_end[first][:, None]) | (last[None, :] <= first[:, None]))
+    return BlockMask.from_kv_blocks(*_tile_lists(some & ~every), *_tile_lists(every), BLOCK_SIZE=FLEX_TILE,
+                                    mask_mod=mask_mod, seq_lengths=(total_len, total_len))
+
+
+def _tile_lists(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool [Q tiles, K tiles] -> BlockMask's per-row count and key-tile indices (the selected
+    ones first, in order), with batch and head dimensions of 1."""
+    counts = tiles.sum(-1, dtype=torch.int32)
+    indices = torch.argsort(tiles.to(torch.uint8), dim=-1, descending=True, stable=True).to(torch.int32)
+    return counts[None, None], indices[None, None]
 
 
 @functools.cache
 def _compiled(fn):
     """fn under torch.compile (static shapes: packed batches have a fixed length), made once."""
     return torch.compile(fn, dynamic=False)
-
-
-def _block_mask_builder(device: torch.device):
-    """_flex_block_mask, compiled on CUDA: one fused pass over the L x L mask instead of a few
-    eager kernels per chunk (several ms per step at 16k tokens otherwise)."""
-    return _compiled(_flex_block_mask) if device.type == "cuda" else _flex_block_mask
 
 
 def _flex(q, k, v, block_mask, kernel_options=None):

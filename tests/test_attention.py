@@ -150,6 +150,63 @@ def test_flex_forward_matches_sdpa_on_cpu(attn_type):
     assert (out - ref).abs().max() < 1e-5
 
 
+def dense_rule(samples, total_len, attn_type):
+    """bool [L, L]: which keys each query may see, straight from DESIGN.md §3 (the padding tail is
+    causal among itself)."""
+    allowed = torch.zeros(total_len, total_len, dtype=torch.bool)
+    start = 0
+    for p, c in samples + [(0, total_len - sum(p + c for p, c in samples))]:
+        n, p = p + c, p if attn_type == "prefixlm" else 0
+        seen = torch.ones(n, n).tril().bool()
+        seen[:p, :p] = True
+        allowed[start:start + n, start:start + n] = seen
+        start += n
+    return allowed
+
+
+def tiles_of(counts, indices, n):
+    """A BlockMask's per-row tile lists as bool [query tiles, key tiles]; the listed indices must
+    be distinct and increasing."""
+    tiles = torch.zeros(n, n, dtype=torch.bool)
+    for row in range(n):
+        listed = indices[0, 0, row, :counts[0, 0, row]]
+        assert (listed[1:] > listed[:-1]).all()
+        tiles[row, listed.long()] = True
+    return tiles
+
+
+@pytest.mark.parametrize("tail", [0, 1, 150])
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("attn_type", A.ATTN_TYPES)
+def test_flex_tiles_match_the_dense_mask(attn_type, seed, tail):
+    """flex's BlockMask, classified from per-tile bounds, lists exactly the tiles where some pair
+    may attend, and as full exactly those where every pair may, against the dense rule cut into
+    tiles. Lengths from 1 token to several tiles, prefixes reaching across tile edges."""
+    g = torch.Generator().manual_seed(seed)
+    samples = [(1, 1), (0, 3), (130, 2), (1, 300), (100, 500)]
+    while sum(p + c for p, c in samples) < 1400:
+        n = int(torch.randint(2, 400, (), generator=g))
+        p = int(torch.randint(0, n + 1, (), generator=g))
+        samples.append((p, n - p))
+    # first a prefix ending one token before a tile edge: its last key tile is partial, not full
+    samples = [(255, 10)] + [samples[i] for i in torch.randperm(len(samples), generator=g)]
+    total_len = sum(p + c for p, c in samples) + tail
+    as_int = lambda xs: torch.tensor(xs, dtype=torch.int32)  # noqa: E731
+    cu = as_int([0] + torch.tensor([p + c for p, c in samples]).cumsum(0).tolist() + [total_len - tail] * 2)
+    prefix = as_int([p for p, _ in samples] + [0, 0])  # two padding slots
+    mask = A.build_layout(cu, prefix, total_len, 4096, "flex", attn_type).block_mask
+
+    t = A.FLEX_TILE
+    n = -(-total_len // t)
+    dense = torch.nn.functional.pad(dense_rule(samples, total_len, attn_type), (0, n * t - total_len, 0, n * t - total_len))
+    per_tile = dense.view(n, t, n, t)
+    every = per_tile.all(3).all(1)  # a tile cut by the batch's end is never full
+    some = per_tile.any(3).any(1)
+    assert torch.equal(tiles_of(mask.full_kv_num_blocks, mask.full_kv_indices, n), every)
+    assert torch.equal(tiles_of(mask.kv_num_blocks, mask.kv_indices, n), some & ~every)
+    assert every.any() and (some & ~every).any() and (~some).any()  # all three kinds occur
+
+
 def test_prefill_then_decode_matches_packed():
     """Prefill each row's prompt into a static cache, decode token by token: equals packed prefix-LM."""
     samples = [(4, 5), (1, 7), (6, 1)]
