@@ -291,11 +291,11 @@ def _flex_block_mask(seg, prefix_end, total_len: int) -> BlockMask:
     create_block_mask does) cost several ms per step eagerly, and compiled it stalled for minutes in
     Triton at 16384 tokens (bench/RESULTS.md §15).
 
-    Exact for _may_attend because segments are contiguous and increasing along the tokens and every
-    sample is non-empty: a query tile Q and key tile K share a pair that may attend iff their segment
-    ranges overlap and K starts before Q ends, or some prefix in Q reaches K's start; every pair
-    may attend iff Q and K are whole tiles of one segment and K ends before that segment's prefix
-    does or before Q starts. tests/test_attention.py checks this against create_block_mask."""
+    Exact for _may_attend because each segment is one contiguous run of tokens and segment ids
+    increase along them: a query tile Q and key tile K share a pair that may attend iff their
+    segment ranges overlap and K starts before Q ends, or some prefix in Q reaches K's start; every
+    pair may attend iff Q and K are whole tiles of one segment and K ends before that segment's
+    prefix does or before Q starts. tests/test_attention.py checks this against the dense rule."""
     def mask_mod(b, h, q_idx, kv_idx):
         return _may_attend(seg[q_idx], seg[kv_idx], prefix_end[q_idx], q_idx, kv_idx)
 
