@@ -200,6 +200,7 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
         return metrics["loss"]
 
     losses, warm_s, elapsed, frames, recompiles = timed_steps(step, args.warmup, args.steps, device)
+    peak = peak_gib(device)  # of the timed steps, before the diagnostics below
     if args.profile and device.type == "cuda":
         first = args.warmup + args.steps
         lead_trace(step, model.net, first, 3)
@@ -219,7 +220,7 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
         variant = f"{variant}@{memory_budget:g}"
     row = {"model": f"{arch.net}:{args.size_of[arch.net]}", "variant": variant, "shape": shape, "tokens": tokens,
            "backend": backend, "tok_s": tok_s, "tflops": tok_s * fpt / 1e12, "tflops_actual": tok_s * fpt_actual / 1e12,
-           "step_ms": elapsed / args.steps * 1e3, "peak_gib": peak_gib(device), "warm_s": warm_s,
+           "step_ms": elapsed / args.steps * 1e3, "peak_gib": peak, "warm_s": warm_s,
            "frames": frames, "recompiles": recompiles, "loss_first": loss_values[0],
            "loss_last": loss_values[-1], "fpt": fpt, "fill": real_tokens / (tokens * args.steps)}
     del model, optimizer, batches
@@ -243,6 +244,8 @@ KERNEL_GROUPS = (
 def gpu_timeline(kernels):
     """kernels: (name, start, end) in us, possibly overlapping. Returns the busy time (their union)
     and the idle gaps as (idle us, at us from the first kernel's start, kernel before, kernel after)."""
+    if not kernels:
+        return 0.0, []
     ordered = sorted(kernels, key=lambda k: k[1])
     t_first = ordered[0][1]
     busy, end, last, gaps = 0.0, t_first, "", []
@@ -305,7 +308,7 @@ def profile_steps(step, first: int, n: int, device, top_per_group: int = 8) -> N
             entry = waits.setdefault(e.name, [0.0, 0])
             entry[0] += e.time_range.end - e.time_range.start
             entry[1] += 1
-    log(f"host calls that wait on the GPU over the {n} steps (one cudaDeviceSynchronize ends the window): "
+    log(f"host calls that wait on the GPU over the {n} steps (the window's last sync and the profiler's exit included): "
         + ", ".join(f"{name} x{count} {us / 1e3:.1f} ms" for name, (us, count) in waits.items()))
 
 

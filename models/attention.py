@@ -288,14 +288,16 @@ def _flex_block_mask(seg, prefix_end, total_len: int) -> BlockMask:
     """The packed layout's BlockMask, classified per FLEX_TILE x FLEX_TILE tile of (query, key)
     from per-tile bounds in O((L / 128)^2) work: empty tiles are skipped, full tiles run without
     mask_mod, partial ones apply it per pair. Evaluating mask_mod over all L x L pairs (what
-    create_block_mask does) cost several ms per step eagerly, and compiled it stalled for minutes in
-    Triton at 16384 tokens (bench/RESULTS.md §15).
+    create_block_mask does) cost several ms per step eagerly, and compiled, its Triton kernel was
+    still compiling after over a minute at 16384 tokens (bench/RESULTS.md §15).
 
     Exact for _may_attend because each segment is one contiguous run of tokens and segment ids
     increase along them: a query tile Q and key tile K share a pair that may attend iff their
-    segment ranges overlap and K starts before Q ends, or some prefix in Q reaches K's start; every
+    segment ranges overlap and (K starts before Q ends or some prefix in Q reaches K's start); every
     pair may attend iff Q and K are whole tiles of one segment and K ends before that segment's
-    prefix does or before Q starts. tests/test_attention.py checks this against the dense rule."""
+    prefix does or before Q starts. This needs each prefix to end inside its sample (prefix length <=
+    sample length, as dataset_new.py guarantees). tests/test_attention.py checks it against the dense
+    rule."""
     def mask_mod(b, h, q_idx, kv_idx):
         return _may_attend(seg[q_idx], seg[kv_idx], prefix_end[q_idx], q_idx, kv_idx)
 

@@ -188,8 +188,10 @@ def test_flex_tiles_match_the_dense_mask(attn_type, seed, tail):
         n = int(torch.randint(2, 400, (), generator=g))
         p = int(torch.randint(0, n + 1, (), generator=g))
         samples.append((p, n - p))
-    # first a prefix ending one token before a tile edge: its last key tile is partial, not full
-    samples = [(255, 10)] + [samples[i] for i in torch.randperm(len(samples), generator=g)]
+    # first a prefix ending one token before a tile edge (its last key tile is partial, not full),
+    # then, from a tile edge, one ending on an edge (the next key tile is empty for its queries)
+    edges = [(255, 10), (1, 246), (256, 10)]
+    samples = edges + [samples[i] for i in torch.randperm(len(samples), generator=g)]
     total_len = sum(p + c for p, c in samples) + tail
     as_int = lambda xs: torch.tensor(xs, dtype=torch.int32)  # noqa: E731
     cu = as_int([0] + torch.tensor([p + c for p, c in samples]).cumsum(0).tolist() + [total_len - tail] * 2)

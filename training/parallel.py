@@ -57,11 +57,10 @@ def shard_model(model: LanguageModel, compute_dtype: torch.dtype, reshard_after_
     """mesh: FSDP2's default (None) is every rank on the accelerator if there is one, else the CPU.
     unit: which modules are sharded on their own, "stack" or "block" (see above)."""
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
-    # A unit's hidden-state input is already in compute_dtype (it comes from bf16 weights). A
-    # Block's other float inputs are the fp32 RoPE tables, which FSDP's default input cast would
-    # round to bf16 (DESIGN.md §4 computes RoPE in fp32, as inference does); a Stack makes them
-    # itself from integer positions, and skipping the cast also spares a walk over the attention
-    # context at every call.
+    # A unit's hidden-state input is already in compute_dtype (it comes from bf16 weights). Its
+    # other float inputs are the fp32 RoPE tables (made once per forward by the net), which FSDP's
+    # default input cast would round to bf16 (DESIGN.md §4 computes RoPE in fp32, as inference
+    # does); skipping the cast also spares a walk over the attention context at every call.
     unit_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for module in unit_modules(model, unit):
         fully_shard(module, mesh=mesh, mp_policy=unit_policy, reshard_after_forward=reshard_after_forward)
