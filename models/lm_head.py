@@ -19,17 +19,20 @@ def sample_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total_len: int) -> torc
     return torch.searchsorted(cu_seqlens, positions, right=True) - 1
 
 
-def _chunk_loss(head, hidden: torch.Tensor, labels: torch.Tensor):
-    """Summed fp32 cross-entropy of one chunk, and which of its tokens the argmax gets right."""
-    logits = head(hidden)
+def token_loss(logits: torch.Tensor, labels: torch.Tensor):
+    """Summed fp32 cross-entropy of a chunk's logits, and which of its tokens the argmax gets right."""
     loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL, reduction="sum")
     return loss_sum, logits.detach().argmax(-1) == labels
 
 
+def _chunk_loss(head, hidden: torch.Tensor, labels: torch.Tensor, chunk_token_loss):
+    return chunk_token_loss(head(hidden), labels)
+
+
 def loss_and_metrics(head, hidden: torch.Tensor, labels: torch.Tensor, sample_ids: torch.Tensor,
-                     num_samples: int, chunk_size: int = 4096):
+                     num_samples: int, chunk_size: int = 4096, chunk_token_loss=token_loss):
     """hidden [N, D] -> head -> logits [N, V]; labels [N] (IGNORE_LABEL where not trained),
-    sample_ids [N] in [0, num_samples].
+    sample_ids [N] in [0, num_samples]. chunk_token_loss: token_loss, or token_loss compiled.
 
     Computed `chunk_size` rows at a time, each chunk under activation checkpointing when training,
     so at most one chunk's logits (and their fp32 copy) are alive: the [N, V] logits of a 16k-token
@@ -44,9 +47,10 @@ def loss_and_metrics(head, hidden: torch.Tensor, labels: torch.Tensor, sample_id
     for start in range(0, hidden.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
         if training:
-            loss, correct = checkpoint(_chunk_loss, head, hidden[rows], labels[rows], use_reentrant=False)
+            loss, correct = checkpoint(_chunk_loss, head, hidden[rows], labels[rows], chunk_token_loss,
+                                       use_reentrant=False)
         else:
-            loss, correct = _chunk_loss(head, hidden[rows], labels[rows])
+            loss, correct = _chunk_loss(head, hidden[rows], labels[rows], chunk_token_loss)
         losses.append(loss)
         corrects.append(correct)
     loss_sum = torch.stack(losses).sum()

@@ -12,6 +12,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule
 
 from models.layers import Block, Stack
+from models.lm_head import IGNORE_LABEL, sample_ids_from_cu_seqlens
 from models.model import LanguageModel
 from models.optimizer import AdamATan2
 from tests.test_models import packed_context, packed_inputs, tiny_arch
@@ -46,6 +47,8 @@ def test_sharded_bf16_forward_equals_the_plain_bf16_model(one_rank_group, unit):
 
 @pytest.mark.parametrize("unit, unit_class", [("stack", Stack), ("block", Block)])
 def test_compiled_units_with_a_memory_budget_match_eager(unit, unit_class):
+    """The compiled units and compiled chunk loss give eager's logits, loss, accuracy and gradients,
+    also when the compiler recomputes activations in backward."""
     arch = tiny_arch("hrm")
     torch.manual_seed(0)
     eager = LanguageModel(arch, 512)
@@ -57,13 +60,19 @@ def test_compiled_units_with_a_memory_budget_match_eager(unit, unit_class):
         assert compiled_kinds == {unit_class}
         g = torch.Generator().manual_seed(0)
         ids, pos, cu, pre = packed_inputs([9, 5, 7], [4, 1, 3], 24, 512, g)
+        labels = torch.randint(0, 512, (1, 24), generator=g)
+        labels[0, ::3] = IGNORE_LABEL
+        sample_ids = sample_ids_from_cu_seqlens(cu, 24)[None]
         outputs = []
         for model in (eager, compiled):
             logits = model(ids, pos, packed_context(cu, pre, 24, arch))
-            logits.float().pow(2).mean().backward()
-            outputs.append(logits.detach())
+            loss_sum, metrics = model(ids, pos, packed_context(cu, pre, 24, arch), labels=labels,
+                                      sample_ids=sample_ids, num_samples=3)
+            (logits.float().pow(2).mean() + loss_sum).backward()
+            outputs.append((logits.detach(), loss_sum.detach(), metrics["token_accuracy"][0]))
     finally:
         functorch_config.activation_memory_budget = 1.0  # process-wide: leave other tests unaffected
+    assert compiled.token_loss is not eager.token_loss  # the loss path is compiled too
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
     for (name, p_eager), p_compiled in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(p_compiled.grad, p_eager.grad, rtol=1e-4, atol=1e-6, msg=name)
