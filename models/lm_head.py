@@ -5,6 +5,8 @@ all-ranks mean of valid-token counts, so that summing gradients over ranks gives
 the global mean loss. Metrics are (sum, count) pairs so they can be reduced across ranks and steps.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -25,14 +27,21 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor):
     return loss_sum, logits.detach().argmax(-1) == labels
 
 
-def _chunk_loss(head, hidden: torch.Tensor, labels: torch.Tensor, chunk_token_loss):
-    return chunk_token_loss(head(hidden), labels)
+@functools.cache
+def compiled_token_loss():
+    """token_loss under torch.compile, made once: eager, the fp32 copy of a chunk's logits, the
+    softmax forward and backward and the argmax are each a pass over [chunk, vocab]."""
+    return torch.compile(token_loss, dynamic=False, fullgraph=True)
+
+
+def _chunk_loss(head, hidden: torch.Tensor, labels: torch.Tensor, compiled: bool):
+    return (compiled_token_loss() if compiled else token_loss)(head(hidden), labels)
 
 
 def loss_and_metrics(head, hidden: torch.Tensor, labels: torch.Tensor, sample_ids: torch.Tensor,
-                     num_samples: int, chunk_size: int = 4096, chunk_token_loss=token_loss):
+                     num_samples: int, chunk_size: int = 4096, compiled: bool = False):
     """hidden [N, D] -> head -> logits [N, V]; labels [N] (IGNORE_LABEL where not trained),
-    sample_ids [N] in [0, num_samples]. chunk_token_loss: token_loss, or token_loss compiled.
+    sample_ids [N] in [0, num_samples]. compiled: each chunk's token_loss runs compiled.
 
     Computed `chunk_size` rows at a time, each chunk under activation checkpointing when training,
     so at most one chunk's logits (and their fp32 copy) are alive: the [N, V] logits of a 16k-token
@@ -47,10 +56,9 @@ def loss_and_metrics(head, hidden: torch.Tensor, labels: torch.Tensor, sample_id
     for start in range(0, hidden.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
         if training:
-            loss, correct = checkpoint(_chunk_loss, head, hidden[rows], labels[rows], chunk_token_loss,
-                                       use_reentrant=False)
+            loss, correct = checkpoint(_chunk_loss, head, hidden[rows], labels[rows], compiled, use_reentrant=False)
         else:
-            loss, correct = _chunk_loss(head, hidden[rows], labels[rows], chunk_token_loss)
+            loss, correct = _chunk_loss(head, hidden[rows], labels[rows], compiled)
         losses.append(loss)
         corrects.append(correct)
     loss_sum = torch.stack(losses).sum()

@@ -7,7 +7,7 @@ from torch import nn
 
 from models.config import ArchConfig, round_up
 from models.layers import AttentionContext, StaticKVCache, trunc_normal_
-from models.lm_head import loss_and_metrics, token_loss
+from models.lm_head import loss_and_metrics
 from models.nets import build_net
 
 
@@ -27,7 +27,7 @@ class LanguageModel(nn.Module):
         self.embedding_scale = 1.0 / self.embedding_std
         self.net = build_net(arch)
         self.lm_head = nn.Linear(arch.hidden_size, vocab_size, bias=False)
-        self.token_loss = token_loss  # per chunk of logits; training.parallel.compile_units compiles it
+        self.compiled_loss = False  # set by training.parallel.compile_units (models/lm_head.py)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -46,7 +46,7 @@ class LanguageModel(nn.Module):
         if labels is None:
             return self.lm_head(z)
         return loss_and_metrics(self.lm_head, z.flatten(0, 1), labels.flatten(), sample_ids.flatten(), num_samples,
-                                chunk_token_loss=self.token_loss)
+                                compiled=self.compiled_loss)
 
     def new_kv_cache(self, batch_size: int, max_len: int, dtype=None, device=None) -> StaticKVCache:
         ref = self.lm_head.weight

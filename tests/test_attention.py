@@ -189,7 +189,8 @@ def test_flex_tiles_match_the_dense_mask(attn_type, seed, tail):
         p = int(torch.randint(0, n + 1, (), generator=g))
         samples.append((p, n - p))
     # first a prefix ending one token before a tile edge (its last key tile is partial, not full),
-    # then, from a tile edge, one ending on an edge (the next key tile is empty for its queries)
+    # then (after a filler sample up to the edge at 512) one from a tile edge whose prefix ends on
+    # an edge (the next key tile is empty for its queries)
     edges = [(255, 10), (1, 246), (256, 10)]
     samples = edges + [samples[i] for i in torch.randperm(len(samples), generator=g)]
     total_len = sum(p + c for p, c in samples) + tail

@@ -211,17 +211,22 @@ def test_loss_matches_float64_recomputation():
     assert abs(metrics["loss"][0].item() / count - expected / count) < 1e-5
 
 
-def test_chunked_loss_gradients_match_full_logits_in_float64():
-    """Chunks under activation checkpointing give the gradients of the plain full-logits loss."""
+@pytest.mark.parametrize("compiled", [False, True])
+def test_chunked_loss_gradients_match_full_logits_in_float64(compiled):
+    """Chunks under activation checkpointing, eager or compiled (two full chunks and a shorter
+    last one), give the loss and gradients of the plain full-logits loss."""
     g = torch.Generator().manual_seed(5)
     head = torch.nn.Linear(6, 13, bias=False)
     hidden = torch.randn(10, 6, generator=g, requires_grad=True)
     labels = torch.randint(0, 13, (10,), generator=g)
     labels[[0, 4]] = IGNORE_LABEL
-    loss_sum, _ = loss_and_metrics(head, hidden, labels, torch.zeros(10, dtype=torch.long), 1, chunk_size=4)
+    loss_sum, _ = loss_and_metrics(head, hidden, labels, torch.zeros(10, dtype=torch.long), 1, chunk_size=4,
+                                   compiled=compiled)
     loss_sum.backward()
     h64, w64 = hidden.detach().double().requires_grad_(), head.weight.detach().double().requires_grad_()
-    torch.nn.functional.cross_entropy(h64 @ w64.T, labels, ignore_index=IGNORE_LABEL, reduction="sum").backward()
+    loss64 = torch.nn.functional.cross_entropy(h64 @ w64.T, labels, ignore_index=IGNORE_LABEL, reduction="sum")
+    loss64.backward()
+    assert abs(loss_sum.item() - loss64.item()) < 1e-4
     torch.testing.assert_close(hidden.grad.double(), h64.grad, atol=1e-5, rtol=0)
     torch.testing.assert_close(head.weight.grad.double(), w64.grad, atol=1e-5, rtol=0)
 

@@ -12,6 +12,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule
 
 from models.layers import Block, Stack
+from models import lm_head
 from models.lm_head import IGNORE_LABEL, sample_ids_from_cu_seqlens
 from models.model import LanguageModel
 from models.optimizer import AdamATan2
@@ -46,9 +47,16 @@ def test_sharded_bf16_forward_equals_the_plain_bf16_model(one_rank_group, unit):
 
 
 @pytest.mark.parametrize("unit, unit_class", [("stack", Stack), ("block", Block)])
-def test_compiled_units_with_a_memory_budget_match_eager(unit, unit_class):
+def test_compiled_units_with_a_memory_budget_match_eager(unit, unit_class, monkeypatch):
     """The compiled units and compiled chunk loss give eager's logits, loss, accuracy and gradients,
     also when the compiler recomputes activations in backward."""
+    compiled_loss_calls = []
+
+    def counted_compiled_token_loss(real=lm_head.compiled_token_loss):
+        compiled_loss_calls.append(1)
+        return real()
+
+    monkeypatch.setattr(lm_head, "compiled_token_loss", counted_compiled_token_loss)
     arch = tiny_arch("hrm")
     torch.manual_seed(0)
     eager = LanguageModel(arch, 512)
@@ -63,16 +71,18 @@ def test_compiled_units_with_a_memory_budget_match_eager(unit, unit_class):
         labels = torch.randint(0, 512, (1, 24), generator=g)
         labels[0, ::3] = IGNORE_LABEL
         sample_ids = sample_ids_from_cu_seqlens(cu, 24)[None]
-        outputs = []
+        outputs, compiled_loss_chunks = [], []
         for model in (eager, compiled):
+            before = len(compiled_loss_calls)
             logits = model(ids, pos, packed_context(cu, pre, 24, arch))
             loss_sum, metrics = model(ids, pos, packed_context(cu, pre, 24, arch), labels=labels,
                                       sample_ids=sample_ids, num_samples=3)
             (logits.float().pow(2).mean() + loss_sum).backward()
             outputs.append((logits.detach(), loss_sum.detach(), metrics["token_accuracy"][0]))
+            compiled_loss_chunks.append(len(compiled_loss_calls) - before)
     finally:
         functorch_config.activation_memory_budget = 1.0  # process-wide: leave other tests unaffected
-    assert compiled.token_loss is not eager.token_loss  # the loss path is compiled too
+    assert compiled_loss_chunks[0] == 0 and compiled_loss_chunks[1] > 0  # only the compiled model's loss ran compiled
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
     for (name, p_eager), p_compiled in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(p_compiled.grad, p_eager.grad, rtol=1e-4, atol=1e-6, msg=name)

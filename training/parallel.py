@@ -121,7 +121,5 @@ def compile_units(model: LanguageModel, fullgraph: bool = False, activation_memo
     functorch_config.activation_memory_budget = activation_memory_budget
     for module in modules:
         module.compile(dynamic=False, fullgraph=fullgraph)
-    # The loss too: eager, each chunk's fp32 log-softmax, its backward and the argmax are separate
-    # passes over [chunk, vocab] logits.
-    model.token_loss = torch.compile(model.token_loss, dynamic=False, fullgraph=True)
+    model.compiled_loss = True  # the chunked loss's per-chunk part too
     return model
