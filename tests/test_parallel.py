@@ -11,8 +11,8 @@ import torch._functorch.config as functorch_config
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule
 
-from models.layers import Block, Stack
 from models import lm_head
+from models.layers import Block, Stack
 from models.lm_head import IGNORE_LABEL, sample_ids_from_cu_seqlens
 from models.model import LanguageModel
 from models.optimizer import AdamATan2
