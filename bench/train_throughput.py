@@ -120,7 +120,7 @@ def matmul_tflops(device) -> float:
     return 2 * n ** 3 / ms / 1e9
 
 
-def dynamo_frames() -> int:
+def compiled_graphs() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])  # frames.ok misses fullgraph compiles (the loss)
@@ -130,7 +130,7 @@ def timed_steps(step, warmup: int, steps: int, device):
     """`warmup` steps, then `steps` timed ones (peak memory counted from there on). Returns the
     losses, warm-up seconds, timed seconds, and the graphs dynamo compiled during the warm-up and
     during the timed steps (recompiles)."""
-    frames_start = dynamo_frames()
+    graphs_start = compiled_graphs()
     t0 = time.perf_counter()
     losses = []
     for i in range(warmup):  # the first steps compile: minutes for a large model, so show progress
@@ -142,14 +142,14 @@ def timed_steps(step, warmup: int, steps: int, device):
     freeze_startup_objects()  # as pretrain.py does after its first step
     log(f"gc: a full collection after warm-up took {(time.perf_counter() - t_gc) * 1e3:.0f} ms, "
         f"then {gc.get_freeze_count()} objects frozen")
-    frames_warm = dynamo_frames()
+    graphs_warm = compiled_graphs()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     losses += [step(i) for i in range(warmup, warmup + steps)]
     sync(device)
     elapsed = time.perf_counter() - t0
-    return losses, warm_s, elapsed, frames_warm - frames_start, dynamo_frames() - frames_warm
+    return losses, warm_s, elapsed, graphs_warm - graphs_start, compiled_graphs() - graphs_warm
 
 
 # the variants (see the docstring) and the unit each shards and compiles
@@ -199,7 +199,7 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
                                 max_samples, grad_clip=None)
         return metrics["loss"]
 
-    losses, warm_s, elapsed, frames, recompiles = timed_steps(step, args.warmup, args.steps, device)
+    losses, warm_s, elapsed, graphs, recompiles = timed_steps(step, args.warmup, args.steps, device)
     peak = peak_gib(device)  # of the timed steps, before the diagnostics below
     if args.profile and device.type == "cuda":
         first = args.warmup + args.steps
@@ -221,7 +221,7 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
     row = {"model": f"{arch.net}:{args.size_of[arch.net]}", "variant": variant, "shape": shape, "tokens": tokens,
            "backend": backend, "tok_s": tok_s, "tflops": tok_s * fpt / 1e12, "tflops_actual": tok_s * fpt_actual / 1e12,
            "step_ms": elapsed / args.steps * 1e3, "peak_gib": peak, "warm_s": warm_s,
-           "frames": frames, "recompiles": recompiles, "loss_first": loss_values[0],
+           "graphs": graphs, "recompiles": recompiles, "loss_first": loss_values[0],
            "loss_last": loss_values[-1], "fpt": fpt, "fill": real_tokens / (tokens * args.steps)}
     del model, optimizer, batches
     free(device)
@@ -483,7 +483,7 @@ def run_peer(args, d, arch, shape: str, tokens: int):
     row = {"model": f"peer:{args.size_of[arch.net]}", "variant": "hf-sdpa", "shape": shape, "tokens": tokens,
            "backend": "sdpa", "tok_s": tok_s, "tflops": tok_s * fpt / 1e12, "tflops_actual": float("nan"),
            "step_ms": elapsed / args.peer_steps * 1e3, "peak_gib": peak_gib(device), "warm_s": warm_s,
-           "frames": 0, "recompiles": 0, "loss_first": float(losses[0]), "loss_last": float(losses[-1]),
+           "graphs": 0, "recompiles": 0, "loss_first": float(losses[0]), "loss_last": float(losses[-1]),
            "fpt": fpt, "fill": real / padded}
     del model, optimizer, plans
     free(device)
@@ -612,7 +612,7 @@ def format_row(row, peak, measured):
     act = row["tflops_actual"] / peak if peak else float("nan")
     return (f"{row['model']:16} {row['variant']:9} {row['shape']:5} {row['tokens']:7d} {row['backend']:8} "
             f"{row['tok_s']:8.0f} {row['step_ms']:8.1f} {row['tflops']:7.1f} {pk:6.1%} {mm:6.1%} {act:7.1%} "
-            f"{row['peak_gib']:8.1f} {row['warm_s']:6.0f} {row['frames']:6d} {row['recompiles']:6d} "
+            f"{row['peak_gib']:8.1f} {row['warm_s']:6.0f} {row['graphs']:6d} {row['recompiles']:6d} "
             f"{row['loss_first']:7.3f} {row['loss_last']:7.3f} {row['fill']:5.2f}")
 
 
