@@ -123,8 +123,11 @@ def test_sharded_training_matches_the_plain_model(one_rank_group, unit, unit_cla
         for optimizer in optimizers:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+    # Each weight moves up to 3 x lr = 3e-2; atan2 turns the gradients' summation-order rounding
+    # (asserted above to 1e-5) into differences of a few 1e-6 on elements whose moments are near
+    # zero. A missed reshard or a wrong clip moves weights by ~1e-3 or more.
     for (name, p_plain), p_sharded in zip(plain.named_parameters(), sharded.parameters()):
-        torch.testing.assert_close(p_sharded.full_tensor(), p_plain.detach(), rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(p_sharded.full_tensor(), p_plain.detach(), rtol=1e-5, atol=2e-5, msg=name)
 
 
 @pytest.mark.parametrize("max_norm", [None, 0.5, 100.0])
