@@ -33,7 +33,7 @@ bench: setup
 	@echo "GPU benchmarks (run on a GPU machine): bench/attention_check.py, bench/train_throughput.py"
 
 table: setup
-	$(PY) -m models.summary
+	$(PY) -m training.model_table
 
 clean-demo:
 	rm -rf $(DEMO_DIR) $(DEMO_RUN)

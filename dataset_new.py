@@ -35,9 +35,9 @@ import torch
 
 from data_io import DataError
 from data_io.spans import load_spans, load_tokens
+from models.lm_head import IGNORE_LABEL
 from multipack_sampler import MultipackDistributedBatchSampler
 
-IGNORE_LABEL = -100
 FIX = "rebuild the dataset with `python -m data_io.sample_tokenized` (or `python -m data_io.demo`)"
 log = logging.getLogger(__name__)
 

@@ -16,15 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from data_io.rows import parse_conditions
-from data_io.text_tokenizer import TextTokenizer, load_tokenizer
+from data_io.text_tokenizer import TextTokenizer
 from models import attention as attn_lib
-from models.config import ArchConfig
 from models.layers import CachedContext
-from models.model import LanguageModel, model_vocab_size
-from training import checkpoint as ckpt
+from models.model import LanguageModel
+from training.logger import METRICS_FILE
+from training.run_dir import load_run
 
 PREFILL_BUCKET = 32  # prompts are padded to a multiple of this, bounding recompiles on CUDA
 
@@ -43,27 +42,6 @@ class _Slot:
     prompt_len: int
     position: int  # cache position of the next token to feed
     tokens: list = field(default_factory=list)
-
-
-def load_run(run_dir: str | Path, ckpt_epoch: int | None = None, ckpt_step: int | None = None,
-             use_ema: bool = True, arch_override: dict | None = None, device="cpu"):
-    """(model, tokenizer, context_len, checkpoint path) of a pretrain.py run directory."""
-    run_dir = Path(run_dir)
-    config_file = run_dir / "all_config.yaml"
-    if not config_file.exists():
-        raise FileNotFoundError(f"{run_dir}: no all_config.yaml; pass the run directory that pretrain.py wrote")
-    arch_dict = yaml.safe_load(config_file.read_text())["arch"]
-    arch = ArchConfig.model_validate({**arch_dict, **(arch_override or {})})
-    meta = json.loads((run_dir / "dataset_metadata.json").read_text())
-    info = json.loads((run_dir / "tokenizer" / "tokenizer_info.json").read_text())
-    path = info["tokenizer_path"]
-    tokenizer = load_tokenizer(path if path.startswith("tiktoken:") else str(run_dir / path),
-                               list(info["condition_mapping"]))
-    model = LanguageModel(arch, model_vocab_size(info["vocab_size"]))
-    checkpoint = ckpt.find_checkpoint(run_dir, ckpt_epoch, ckpt_step)
-    ckpt.load_model_weights(checkpoint, model, use_ema=use_ema)
-    model.to(device).eval()
-    return model, tokenizer, meta["max_seq_len"] - 1, checkpoint
 
 
 class SimpleEngine:
@@ -240,7 +218,7 @@ def main() -> None:
 
 
 def print_report(run_dir: Path, accuracy: float, n: int) -> None:
-    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
     first, last = logged[0], logged[-1]
     print(f"""
 == demo summary ==

@@ -6,42 +6,23 @@ reference and forward+backward time, on random packed batches shaped like real t
     python3 bench/attention_check.py --flex-sweep   # flex kernel options, timed and checked
 
 Needs only torch (and numpy): models/attention.py imports nothing else of the repo (hydra,
-pydantic, ...). Prints a table; see bench/attention_check.txt.
+pydantic, ...). Prints a table per batch; the latest figures are in bench/README.md.
 """
 
 import argparse
-import datetime
 import json
 import math
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models import attention as A  # noqa: E402
+from common import kernel_ms, median_ms, print_header, random_samples
+from models import attention as A
 
 HEADS, HEAD_DIM, MAX_SEQLEN, SLOTS = 10, 128, 4096, 256
 TOLERANCE = 1e-2
 EDGE = [(1, 1), (1, 40), (40, 1)]  # prefix length 1, response length 1
-
-
-def random_samples(rng, budget, context=MAX_SEQLEN, max_samples=None, median=300.0):
-    """(prefix, response) lengths: total length lognormal (median `median`, clipped to [2, context]),
-    prefix a random fraction of it, packed greedily below `budget` (10 misses or `max_samples`
-    samples end the batch). Also the length mix of bench/train_throughput.py."""
-    samples, used, misses = [], 0, 0
-    while misses < 10 and (max_samples is None or len(samples) < max_samples):
-        n = int(np.clip(rng.lognormal(math.log(median), 1.0), 2, context))
-        if used + n >= budget:
-            misses += 1
-            continue
-        p = int(np.clip(round(rng.uniform(0.05, 0.95) * n), 1, n - 1))
-        samples.append((p, n - p))
-        used += n
-    return samples
 
 
 def make_batch(samples, total_len, device):
@@ -70,36 +51,6 @@ def fwd_bwd(backend, q, k, v, grad_out, cu, prefix, attn_type):
     layout = A.build_layout(cu, prefix, q.shape[0], MAX_SEQLEN, backend, attn_type)
     out = A.packed_attention(q, k, v, layout)
     return (out.detach(), *torch.autograd.grad(out, (q, k, v), grad_out))
-
-
-def median_ms(fn, iters=20, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return float(np.median(times))
-
-
-def kernel_ms(fn, iters=10):
-    """GPU kernel time of one fn() (summed kernel durations from the profiler): unlike the event
-    timing, it leaves out gaps where the GPU waits for the host to launch the next kernel."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-    return sum(e.time_range.elapsed_us() for e in prof.events()
-               if e.device_type == DeviceType.CUDA and not e.is_user_annotation) / iters / 1e3
 
 
 def print_backends(device, out=print):
@@ -223,9 +174,7 @@ def main():
     if not set(batches) <= {"realistic", "full", "degenerate"}:
         parser.error(f"--batches: unknown batch in {args.batches!r}; choose from realistic, full, degenerate")
     device = torch.device("cuda")
-    print(f"command: python3 {' '.join(sys.argv)}")
-    print(f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
-    print(f"gpu: {torch.cuda.get_device_name(device)}; torch {torch.__version__}")
+    print_header(device)
     if args.backends is None:
         backends = A.available_backends(device)
     else:  # each must run here; resolve_backend says why not

@@ -1,26 +1,18 @@
-"""Training-step throughput of hrm-text (issue 6): tokens/s/GPU, model TFLOP/s, MFU, peak memory,
-attention backends, and the transformers HrmTextForCausalLM step as a peer.
+"""Training-step throughput: tokens/s/GPU, model TFLOP/s, MFU, peak memory, attention backends,
+and the transformers HrmTextForCausalLM step as a peer in the same run.
 
     python3 bench/train_throughput.py                                  # HRM L + Transformer L, peer
-    python3 bench/train_throughput.py --models hrm:L --variants before,after --no-peer
+    python3 bench/train_throughput.py --models hrm:L --backends flex,flex_fa4 --no-peer
     torchrun --nproc_per_node=2 bench/train_throughput.py --models hrm:L --no-peer --no-attention
     python3 bench/train_throughput.py --cpu                            # tiny smoke run on a CPU
 
-Our step is pretrain.py's: FSDP2 (training/parallel.py), per-Stack torch.compile, the packed
-layout built per step, and pretrain.train_step: chunked loss (models/lm_head.py), backward, reshard,
-the gradient norm (training.parallel), AdamATan2 (with EMA), zero_grad.
+Our step is pretrain.py's: training.parallel.parallelize (FSDP2 and torch.compile per unit), the
+packed layout built per step, and training.trainer.train_step: chunked loss (models/lm_head.py),
+backward, reshard, the gradient norm, AdamATan2 (with EMA, compiled), zero_grad.
 Synthetic packed batches: sample lengths lognormal (median 300) clipped to the 4096 context, the
 prefix/response split uniform, packed greedily into `--tokens` slots per GPU (random tokens, labels
 on the response). `--shape full` packs `tokens/4096` full-length samples instead.
 
-Variants (before/after of the changes measured here):
-  before  per-Block FSDP2 units with reshard_after_forward/backward=True (FSDP2's defaults; the
-          step's one reshard and gradient norm are the current ones), block.compile() with default
-          settings, the eager AdamATan2 step (one tensor at a time, ~10 passes over memory)
-  blocks  as after, but with per-Block FSDP2 units and compiled graphs (stops 7-11)
-  after   per-Stack units (training.parallel.shard_model and compile_units, dynamic=False),
-          reshard_after_forward/backward=False, the compiled AdamATan2 step (one fused kernel per
-          tensor; models/optimizer.py)
 MFU counts executed FLOPs (models/flops.py: no-grad recurrence calls 1x, grad calls 3x, attention
 as over half the 4096 context) against the datasheet peak (989.5 TFLOP/s dense bf16 for H100/H200)
 and against a bf16 8192^3 matmul measured in the same run. `attn-actual` recounts the attention
@@ -34,40 +26,28 @@ gradients accumulated, one optimizer step per packed batch.
 """
 
 import argparse
-import datetime
 import gc
-import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import attention_check as check
+from common import log, matmul_tflops, print_header, random_samples, sync
+from dataset_new import default_max_samples
+from models import attention as attn_lib
+from models.flops import executed_flops_per_token
+from models.lm_head import IGNORE_LABEL
+from models.model import LanguageModel, model_vocab_size
+from models.optimizer import AdamATan2
+from training.config import compose
+from training.distributed import init_distributed
+from training.parallel import parallelize
+from training.schedule import lr_at
+from training.trainer import freeze_startup_objects, loss_normalizer, peak_flops, train_step
 
-from bench import attention_check as check  # noqa: E402  (its timing and correctness helpers)
-from dataset_new import default_max_samples  # noqa: E402
-from models import attention as attn_lib  # noqa: E402
-from models.flops import executed_flops_per_token  # noqa: E402
-from models.lm_head import IGNORE_LABEL  # noqa: E402
-from models.model import LanguageModel, model_vocab_size  # noqa: E402
-from models.optimizer import AdamATan2  # noqa: E402
-from pretrain import freeze_startup_objects, loss_normalizer, train_step  # noqa: E402
-from training.config import compose  # noqa: E402
-from training.distributed import init_distributed  # noqa: E402
-from training.parallel import compile_units, shard_model, unit_modules  # noqa: E402
-from training.schedule import lr_at  # noqa: E402
-
-PEAK_BF16_TFLOPS = {"H100": 989.5, "H200": 989.5, "H800": 989.5, "A100": 312.0}
 TOKENIZER_VOCAB = 32000
-
-
-def log(*args):
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(*args, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,13 +93,6 @@ def make_batch(samples, total_len: int, max_samples: int, vocab: int, rng):
 # Measurements
 
 
-def matmul_tflops(device) -> float:
-    n = 8192
-    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
-    ms = check.median_ms(lambda: a @ b, iters=20, warmup=5)
-    return 2 * n ** 3 / ms / 1e9
-
-
 def compiled_graphs() -> int:
     from torch._dynamo.utils import counters
 
@@ -152,11 +125,7 @@ def timed_steps(step, warmup: int, steps: int, device):
     return losses, warm_s, elapsed, graphs_warm - graphs_start, compiled_graphs() - graphs_warm
 
 
-# the variants (see the docstring) and the unit each shards and compiles
-VARIANT_UNITS = {"before": "block", "blocks": "block", "after": "stack"}
-
-
-def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str, memory_budget: float):
+def run_ours(args, d, arch, shape: str, tokens: int, backend: str, memory_budget: float):
     """Time our training step; returns a result row (dict)."""
     device = d.device
     vocab = model_vocab_size(TOKENIZER_VOCAB if not args.cpu else 500)
@@ -166,25 +135,16 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
     batches = []
     for _ in range(args.distinct_batches):
         samples = (full_lengths(rng, tokens, context) if shape == "full"
-                   else check.random_samples(rng, tokens, context, max_samples))
+                   else random_samples(rng, tokens, context, max_samples))
         batches.append(make_batch(samples, tokens, max_samples, vocab, rng))
 
     torch.manual_seed(0)
     model = LanguageModel(arch, vocab).to(device)
     model.init_weights()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    before = variant == "before"
-    unit = VARIANT_UNITS[variant]
-    shard_model(model, dtype, reshard_after_forward=before, reshard_after_backward=before, unit=unit)
-    if not args.cpu:
-        if before:
-            torch._functorch.config.activation_memory_budget = 1.0  # compile_units sets it process-wide
-            for block in unit_modules(model, "block"):
-                block.compile()
-        else:
-            compile_units(model, fullgraph=args.fullgraph, activation_memory_budget=memory_budget, unit=unit)
+    parallelize(model, dtype, unit=args.unit, compile=not args.cpu, activation_memory_budget=memory_budget)
     optimizer = AdamATan2(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, ema_rate=0.9999,
-                          compile=not before and not args.cpu)
+                          compile=not args.cpu)
     bp = arch.bp_max_steps
 
     def step(i):
@@ -216,8 +176,7 @@ def run_ours(args, d, arch, variant: str, shape: str, tokens: int, backend: str,
     # attention term recounted from the real pairs: it scales with pairs / (tokens * context / 2)
     fpt_actual = fpt - attn_per_token + attn_per_token * pairs / (real_tokens * context / 2)
     loss_values = [(t[0] / t[1]).item() for t in losses]
-    if memory_budget < 1 and not before and not args.cpu:  # the budget acts on compiled units only
-        variant = f"{variant}@{memory_budget:g}"
+    variant = args.unit if memory_budget == 1 or args.cpu else f"{args.unit}@{memory_budget:g}"  # compiled only
     row = {"model": f"{arch.net}:{args.size_of[arch.net]}", "variant": variant, "shape": shape, "tokens": tokens,
            "backend": backend, "tok_s": tok_s, "tflops": tok_s * fpt / 1e12, "tflops_actual": tok_s * fpt_actual / 1e12,
            "step_ms": elapsed / args.steps * 1e3, "peak_gib": peak, "warm_s": warm_s,
@@ -389,11 +348,6 @@ def host_profile_steps(step, first: int, n: int, device, top: int = 40) -> None:
         log(f"host profile, {n} steps, by {key}:\n{out.getvalue()}")
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def free(device):
     gc.unfreeze()  # the finished run's objects, frozen after its warm-up, must be collectable
     gc.collect()
@@ -455,7 +409,7 @@ def run_peer(args, d, arch, shape: str, tokens: int):
     plans = []
     for _ in range(args.distinct_batches):
         samples = (full_lengths(rng, tokens, context) if shape == "full"
-                   else check.random_samples(rng, tokens, context, max(8, tokens // 16)))
+                   else random_samples(rng, tokens, context, max(8, tokens // 16)))
         plans.append((sum(p + c for p, c in samples), [tensors(g) for g in micro_batches(samples)]))
 
     def step(i):
@@ -498,14 +452,15 @@ def attention_table(device):
     backends = check.A.available_backends(device)
     check.print_backends(device, log)
     rng = np.random.default_rng(0)
-    realistic = check.EDGE + check.random_samples(rng, 16384 - 64)
+    realistic = check.EDGE + random_samples(rng, 16384 - 64)
     check.check_batch("realistic", realistic, 16384, backends, device, timing=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="hrm:L,transformer:L", help="net:size,... (arch/net, arch/size configs)")
-    parser.add_argument("--variants", default="after", help=f"{','.join(VARIANT_UNITS)} (see above)")
+    parser.add_argument("--unit", default="stack", choices=["stack", "block"],
+                        help="what FSDP2 shards and torch.compile compiles as one (shard_unit)")
     parser.add_argument("--tokens", type=int, default=16384, help="packed tokens per GPU")
     parser.add_argument("--shapes", default="mix,full", help="mix (packed realistic) and/or full (4096-token samples)")
     parser.add_argument("--full-tokens", type=int, default=8192, help="tokens per GPU for the full-length shape")
@@ -514,7 +469,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--distinct-batches", type=int, default=4)
-    parser.add_argument("--fullgraph", action="store_true")
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--peer-budget", type=int, default=8192, help="padded tokens per peer micro-batch")
     parser.add_argument("--peer-steps", type=int, default=4)
@@ -529,9 +483,6 @@ def main() -> None:
                         help="after timing, cProfile 2 steps: host time per Python function")
     parser.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (smoke test, no compile)")
     args = parser.parse_args()
-    unknown = set(args.variants.split(",")) - set(VARIANT_UNITS)
-    if unknown:
-        parser.error(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(VARIANT_UNITS)}")
     if args.cpu:
         args.models = ",".join(m.split(":")[0] + ":tiny" for m in args.models.split(","))
         args.tokens, args.full_tokens, args.context = 1024, 512, 256
@@ -540,11 +491,9 @@ def main() -> None:
 
     d = init_distributed()
     device = d.device
-    log(f"command: {' '.join(sys.argv)}  (world size {d.world_size})")
-    log(f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    log(f"device: {gpu}; torch {torch.__version__}")
-    peak = next((tf for key, tf in PEAK_BF16_TFLOPS.items() if key in gpu), None)
+    print_header(device)
+    log(f"world size {d.world_size}")
+    peak = peak_flops(device) / 1e12 if peak_flops(device) else None
     measured = matmul_tflops(device) if device.type == "cuda" else None
     if measured:
         log(f"bf16 8192^3 matmul: {measured:.0f} TFLOP/s measured; datasheet peak {peak} TFLOP/s")
@@ -558,21 +507,20 @@ def main() -> None:
         args.size_of[net] = size
         for backend_name in args.backends.split(","):
             cfg = compose("cfg_pretrain", [f"arch/net@arch={net}", f"arch/size@arch={size}",
-                                           f"arch.attn_backend={backend_name}"])
+                                           f"attn_backend={backend_name}"])
             arch = cfg.arch
-            backend = attn_lib.resolve_backend(arch.attn_backend, device)
+            backend = attn_lib.resolve_backend(cfg.attn_backend, device)
             budget = cfg.activation_memory_budget if args.memory_budget is None else args.memory_budget
             for shape in args.shapes.split(","):
                 tokens = args.tokens if shape == "mix" else args.full_tokens
-                for variant in args.variants.split(","):
-                    try:
-                        row = run_ours(args, d, arch, variant, shape, tokens, backend, budget)
-                    except torch.OutOfMemoryError:
-                        row = {"model": f"{net}:{size}", "variant": variant, "shape": shape, "tokens": tokens,
-                                "backend": backend, "oom": True}
-                        free(device)
-                    rows.append(row)
-                    log(format_row(row, peak, measured))
+                try:
+                    row = run_ours(args, d, arch, shape, tokens, backend, budget)
+                except torch.OutOfMemoryError:
+                    row = {"model": f"{net}:{size}", "variant": args.unit, "shape": shape, "tokens": tokens,
+                           "backend": backend, "oom": True}
+                    free(device)
+                rows.append(row)
+                log(format_row(row, peak, measured))
                 if net == "hrm" and not args.no_peer and backend_name == args.backends.split(",")[0]:
                     try:
                         row = run_peer(args, d, arch, shape, tokens)

@@ -129,7 +129,7 @@ def convert(ckpt_path, out_dir, ckpt_epoch=None, use_ema=True, tokenizer_path=No
     from safetensors.torch import save_file
 
     from data_io.text_tokenizer import load_tokenizer
-    from simple_inference_engine import load_run
+    from training.run_dir import load_run
 
     model, tokenizer, context_len, checkpoint = load_run(ckpt_path, ckpt_epoch, use_ema=use_ema)
     check_exportable(model.arch)

@@ -6,7 +6,7 @@ validates it. Everything that builds a model (training, inference, export, FLOP 
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 NetName = Literal["hrm", "transformer", "trm", "trm_match_recurrence", "rins", "ut"]
 NETS: tuple[str, ...] = NetName.__args__
@@ -39,6 +39,7 @@ class StackConfig(BaseModel):
 
 
 H_OVERRIDABLE = {"n_layers", "expansion", "post_norm"}
+SCHEDULE = {"schedule": True}
 
 
 class ArchConfig(StackConfig):
@@ -51,19 +52,16 @@ class ArchConfig(StackConfig):
     half_layers: bool = False
     H_cycles: int = 2
     L_cycles: int = 3
-    bp_max_steps: int = 5
-    bp_warmup_ratio: float = 0.2
+    # the gradient-depth schedule: how training runs, not what the weights mean (may change on resume)
+    bp_max_steps: int = Field(5, json_schema_extra=SCHEDULE)
+    bp_warmup_ratio: float = Field(0.2, json_schema_extra=SCHEDULE)
     H_override: dict = {}
     # attention
     attn_type: Literal["prefixlm", "causal"] = "prefixlm"
-    attn_backend: Literal["auto", "sdpa", "varlen", "fa3", "flex", "flex_fa4"] = "auto"
 
-    @field_validator("attn_backend", mode="before")
     @classmethod
-    def _renamed_backend(cls, value):
-        # The two-pass `fa4` backend was replaced by flex_fa4 (the same FlashAttention 4 kernels in one
-        # pass, bench/RESULTS.md §13); runs saved with it still load.
-        return "flex_fa4" if value == "fa4" else value
+    def schedule_keys(cls) -> set[str]:
+        return {name for name, field in cls.model_fields.items() if field.json_schema_extra == SCHEDULE}
 
     @model_validator(mode="after")
     def _check(self) -> "ArchConfig":

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from dataset_new import IGNORE_LABEL  # the packing format's ignore label (its one home)
+# Labels equal to this are not trained on (prompts, padding); the data pipeline writes it.
+IGNORE_LABEL = -100
 
 
 def sample_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total_len: int) -> torch.Tensor:

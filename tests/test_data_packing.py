@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from data_io import DataError
-from dataset_new import IGNORE_LABEL, PackedDataset, pack
+from dataset_new import PackedDataset, pack
+from models.lm_head import IGNORE_LABEL
 
 X = IGNORE_LABEL
 # Three samples (instruction, response): A = ([5,6,7], [8,9]), B = ([10,11], [12,13,14]), C = ([15], [16,17]).

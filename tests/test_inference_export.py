@@ -11,7 +11,8 @@ import torch
 from conversion.convert_to_hf import check_exportable, convert
 from models.layers import PackedContext
 from models import attention as attn_lib
-from simple_inference_engine import SimpleEngine, heldout_accuracy, load_run
+from simple_inference_engine import SimpleEngine, heldout_accuracy
+from training.run_dir import load_run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 

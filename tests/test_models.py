@@ -5,20 +5,22 @@ import math
 
 import pytest
 import torch
+import yaml
 
 from models import attention as attn_lib
 from models.layers import CachedContext, PackedContext
 from models.lm_head import IGNORE_LABEL, loss_and_metrics, sample_ids_from_cu_seqlens
 from models.model import LanguageModel
 from models.nets import NET_CLASSES, bp_steps_at
-from models.summary import GPU_SIZES, build_on_meta, count_parameters
-from training.config import compose
+from training.model_table import GPU_SIZES, build_on_meta, count_parameters
+from training.config import CONFIG_DIR, compose
+from training.run_dir import read_arch
 
 CPU_SIZES = ["tiny", "small"]
 
 
 def tiny_arch(net: str, **overrides):
-    arch = compose("cfg_pretrain", [f"arch/net@arch={net}", "arch/size@arch=tiny", "arch.attn_backend=sdpa"]).arch
+    arch = compose("cfg_pretrain", [f"arch/net@arch={net}", "arch/size@arch=tiny"]).arch
     return arch.model_copy(update=overrides)
 
 
@@ -52,7 +54,7 @@ def test_every_gpu_size_instantiates_on_meta(net, size):
 @pytest.mark.parametrize("net", list(NET_CLASSES))
 @pytest.mark.parametrize("size", CPU_SIZES)
 def test_cpu_sizes_forward_backward(net, size):
-    arch = compose("cfg_pretrain", [f"arch/net@arch={net}", f"arch/size@arch={size}", "arch.attn_backend=sdpa"]).arch
+    arch = compose("cfg_pretrain", [f"arch/net@arch={net}", f"arch/size@arch={size}"]).arch
     torch.manual_seed(0)
     model = LanguageModel(arch, 512)
     model.init_weights()
@@ -243,7 +245,7 @@ def test_exact_accuracy_needs_every_valid_token_right():
 
 
 def test_embedding_and_init_statistics():
-    arch = compose("cfg_pretrain", ["arch/size@arch=small", "arch.attn_backend=sdpa"]).arch
+    arch = compose("cfg_pretrain", ["arch/size@arch=small"]).arch
     torch.manual_seed(0)
     model = LanguageModel(arch, 4096)
     model.init_weights()
@@ -258,6 +260,19 @@ def test_embedding_and_init_statistics():
     assert abs(z.std().item() - 1) < 0.15 and "net.z_L_init" in model.state_dict()
 
 
-def test_runs_saved_with_the_removed_fa4_backend_load_with_flex_fa4():
-    loaded = type(tiny_arch("hrm")).model_validate({**tiny_arch("hrm").model_dump(), "attn_backend": "fa4"})
-    assert loaded.attn_backend == "flex_fa4"
+def test_runs_saved_with_the_backend_in_the_architecture_still_load():
+    # attn_backend moved from arch to the execution keys; such runs' all_config.yaml keep it in arch
+    saved = {"arch": {**tiny_arch("hrm").model_dump(), "attn_backend": "fa4"}}
+    assert read_arch(saved) == tiny_arch("hrm")
+
+
+def test_cfg_pretrain_holds_no_arch_key_that_a_group_overrides():
+    """A key edited in cfg_pretrain.yaml must take effect: no arch/net or arch/size file sets it
+    again (the groups are applied after cfg_pretrain's own keys)."""
+    pretrain_keys = set(yaml.safe_load((CONFIG_DIR / "cfg_pretrain.yaml").read_text())["arch"])
+    groups = sorted((CONFIG_DIR / "arch").glob("*/*.yaml"))
+    assert len(groups) >= 10 and "n_layers" not in pretrain_keys
+    overridden = {g.name: sorted(pretrain_keys & set(yaml.safe_load(g.read_text()))) for g in groups}
+    assert {name: keys for name, keys in overridden.items() if keys} == {}
+    # and an edited value reaches the schema: post_norm is set by cfg_pretrain alone
+    assert compose("cfg_pretrain", ["arch.post_norm=true"]).arch.post_norm is True

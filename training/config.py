@@ -49,13 +49,14 @@ class TrainConfig(BaseModel):
 
     compute_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     compile: Literal["auto", True, False] = "auto"
+    # auto: the fastest correct kernels installed for this device (models/attention.py)
+    attn_backend: Literal["auto", "sdpa", "varlen", "fa3", "flex", "flex_fa4"] = "auto"
     # the module FSDP2 shards and torch.compile compiles as one: a whole stack (fewer calls, less
     # host time per step) or each block (finer overlap of communication; training/parallel.py)
     shard_unit: Literal["stack", "block"] = "stack"
     # < 1: the compiler recomputes the cheapest activations in backward until a unit saves this
-    # fraction of what it otherwise would (training/parallel.py). HRM L at 0.7 on an H100, per
-    # block: a fifth less memory and faster on packed batches (bench/RESULTS.md §8); per stack at
-    # 2 x 4096: 5-6% slower than 1.0 with flex, 2-3% with flex_fa4 (§14).
+    # fraction of what it otherwise would (training/parallel.py; the trade-off measured in
+    # bench/README.md)
     activation_memory_budget: float = 0.7
 
     log_interval: int = 10

@@ -9,6 +9,8 @@ import netrc
 import os
 from pathlib import Path
 
+METRICS_FILE = "metrics.jsonl"
+
 
 def wandb_logged_in() -> bool:
     if os.environ.get("WANDB_API_KEY"):
@@ -37,7 +39,7 @@ def resolve_wandb_mode(requested: str) -> tuple[str, str | None]:
 
 class MetricsLogger:
     def __init__(self, run_dir: Path, project: str, run_name: str, config: dict, wandb_mode: str, resume: bool):
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_FILE
         self.wandb_run = None
         mode, note = resolve_wandb_mode(wandb_mode)
         if note:

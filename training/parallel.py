@@ -1,15 +1,12 @@
-"""FSDP2 wrapping: `fully_shard` per stack and at the root, compute in `compute_dtype` with fp32
-master weights and fp32 gradient reduction; and the per-stack torch.compile of a training step.
-The model definition knows nothing of this.
+"""Parallelism and compilation of a model for training: `parallelize` shards (FSDP2
+`fully_shard` per unit and at the root, compute in `compute_dtype` with fp32 master weights and
+fp32 gradient reduction) and compiles the same units. The model definition knows nothing of this.
 
 The unit of sharding and of compilation is a Stack by default (`shard_unit` in the training
 config): every call of a unit costs host time (FSDP2's pre/post-forward and backward hooks, the
 compiled graph's runtime wrappers), and a recurrent net calls its blocks many times per step
-(HRM L: 156 block calls in forward and backward, 13 stack calls). On an H100 the host's time
-for HRM L's step fell to 119 ms per stack (bench/RESULTS.md §14), from 193 ms per block before
-the reshard and gradient-norm changes below (§13), while the GPU needs 250-280 ms at 2 x 4096
-tokens; per block, the step with the faster flex_fa4 kernels was host-bound.
-The cost: a stack's all-gather and reduce-scatter overlap with the other stack's compute rather
+(HRM L: 156 block calls in forward and backward, 13 stack calls); per block, HRM L's step was
+host-bound on Hopper. The cost: a stack's all-gather and reduce-scatter overlap with the other stack's compute rather
 than layer by layer, and a Transformer (one stack) overlaps none. Multi-node runs of the
 Transformer baseline on a slow interconnect may prefer `shard_unit=block`.
 
@@ -59,8 +56,8 @@ def shard_model(model: LanguageModel, compute_dtype: torch.dtype, reshard_after_
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     # A unit's hidden-state input is already in compute_dtype (it comes from bf16 weights). Its
     # other float inputs are the fp32 RoPE tables (made once per forward by the net), which FSDP's
-    # default input cast would round to bf16 (DESIGN.md §4 computes RoPE in fp32, as inference
-    # does); skipping the cast also spares a walk over the attention context at every call.
+    # default input cast would round to bf16 (docs/DESIGN.md, "Model": RoPE is computed in fp32, as
+    # inference does); skipping the cast also spares a walk over the attention context at every call.
     unit_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for module in unit_modules(model, unit):
         fully_shard(module, mesh=mesh, mp_policy=unit_policy, reshard_after_forward=reshard_after_forward)
@@ -81,8 +78,7 @@ def clip_grad_norm_(parameters, max_norm: float | None) -> torch.Tensor:
     so that it is at most max_norm (as torch.nn.utils.clip_grad_norm_). Call it after `reshard`:
     until then an FSDP2 model's parameters are the gathered ones, which hold no gradient. Works on
     the local gradient shards: two foreach kernels and one all-reduce, where torch's version
-    dispatches each DTensor gradient through Python (12 ms per HRM L step under cProfile on an
-    H100, bench/RESULTS.md §13)."""
+    dispatches each DTensor gradient through Python, one by one."""
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         raise ValueError("clip_grad_norm_: no parameter has a gradient (call it after backward and reshard)")
@@ -122,4 +118,14 @@ def compile_units(model: LanguageModel, fullgraph: bool = False, activation_memo
     for module in modules:
         module.compile(dynamic=False, fullgraph=fullgraph)
     model.compiled_loss = True  # the chunked loss's per-chunk part too
+    return model
+
+
+def parallelize(model: LanguageModel, compute_dtype: torch.dtype, unit: str = "stack", compile: bool = False,
+                activation_memory_budget: float = 1.0, mesh: DeviceMesh | None = None) -> LanguageModel:
+    """Shard `model` by `unit` and, with `compile`, compile the same units: the training's one
+    entry to both, so that the two always agree on the unit."""
+    shard_model(model, compute_dtype, mesh=mesh, unit=unit)
+    if compile:
+        compile_units(model, activation_memory_budget=activation_memory_budget, unit=unit)
     return model

@@ -1,6 +1,6 @@
 """Print parameters and executed GFLOP per token for every net x size (the README table).
 
-    python -m models.summary [--vocab-size 151808] [--context 2048] [--sizes B L XL XXL XXL_wide]
+    python -m training.model_table [--vocab-size 151808] [--context 2048] [--sizes B L XL XXL XXL_wide]
 
 Models are built on the meta device (no memory). GFLOP/token is one training step's executed work
 at full gradient depth (bp_max_steps), counted by models/flops.py.

@@ -1,0 +1,126 @@
+"""The run directory: what pretrain.py writes and what resume, generation, evaluation and export
+read (docs/DESIGN.md, "Run directory"). Its one home: no other module names these files.
+
+    <run_dir>/all_config.yaml        the validated training config
+    <run_dir>/train_metadata.yaml    start time, world size, device, parameters, schedule
+    <run_dir>/dataset_metadata.json  the sampled dataset's metadata.json
+    <run_dir>/tokenizer/             a copy of the tokenizer with its tokenizer_info.json
+    <run_dir>/code/                  a snapshot of the code that ran
+    <run_dir>/metrics.jsonl          one line per logged step (training/logger.py, METRICS_FILE)
+    <run_dir>/checkpoints/<name>/    distributed checkpoints (training/checkpoint.py)
+"""
+
+import json
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+import yaml
+
+from data_io.text_tokenizer import TextTokenizer, load_tokenizer
+from models.config import ArchConfig
+from models.model import LanguageModel, model_vocab_size
+from training import checkpoint as ckpt
+
+CONFIG = "all_config.yaml"
+TRAIN_METADATA = "train_metadata.yaml"
+DATASET_METADATA = "dataset_metadata.json"
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_INFO = "tokenizer_info.json"
+CODE_DIR = "code"
+# what the code snapshot holds, relative to the project root
+CODE_PATTERNS = ("*.py", "config/**/*.yaml", "models/*.py", "training/*.py", "data_io/*.py")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# keys that left the architecture schema; runs saved before still load
+_FORMER_ARCH_KEYS = ("attn_backend",)
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot serve the request; the message names the file and the fix."""
+
+
+def read_config(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: no {CONFIG}; pass a run directory written by pretrain.py")
+    return yaml.safe_load(path.read_text())
+
+
+def read_arch(config: dict, override: dict | None = None) -> ArchConfig:
+    saved = {k: v for k, v in config["arch"].items() if k not in _FORMER_ARCH_KEYS}
+    return ArchConfig.model_validate({**saved, **(override or {})})
+
+
+def write_run_files(run_dir: Path, config: dict, dataset_path: str | Path, dataset_metadata: dict,
+                    train_metadata: dict) -> None:
+    """Config, metadata, the tokenizer and a code snapshot: everything but checkpoints and metrics."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+    (run_dir / TRAIN_METADATA).write_text(yaml.safe_dump(train_metadata, sort_keys=False))
+    copy_tokenizer(dataset_metadata["tokenizer_info"], Path(dataset_path), run_dir / TOKENIZER_DIR)
+    (run_dir / DATASET_METADATA).write_text(json.dumps(dataset_metadata, indent=1))
+    for pattern in CODE_PATTERNS:
+        for src in PROJECT_ROOT.glob(pattern):
+            dst = run_dir / CODE_DIR / src.relative_to(PROJECT_ROOT)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+
+
+def copy_tokenizer(tokenizer_info: dict, dataset_path: Path, tok_dir: Path) -> None:
+    """The tokenizer travels with the run, so evaluation and export work once /dev/shm is wiped.
+    A relative tokenizer_path is relative to the dataset; tiktoken names are kept as they are."""
+    info = dict(tokenizer_info)
+    source = Path(info.get("tokenizer_path", ""))
+    if not source.is_absolute():
+        source = dataset_path / source
+    tok_dir.mkdir(exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, tok_dir, dirs_exist_ok=True)
+        info["tokenizer_path"] = TOKENIZER_DIR
+    elif source.is_file():
+        shutil.copy2(source, tok_dir / source.name)
+        info["tokenizer_path"] = f"{TOKENIZER_DIR}/{source.name}"
+    (tok_dir / TOKENIZER_INFO).write_text(json.dumps(info, indent=1))
+
+
+def check_resume_compatible(config: dict, resume_dir: Path, weights_only: bool) -> None:
+    """Raise RunDirError when `config` cannot continue the run in `resume_dir`: a different
+    architecture (the gradient-depth schedule may change), or the EMA
+    switched on or off."""
+    old = read_config(resume_dir)
+    if not weights_only and (old.get("ema_rate") is None) != (config.get("ema_rate") is None):
+        # The EMA lives in the optimizer state: a run without one has none to resume, and a run
+        # that stops updating its EMA would keep a stale one that evaluation and export would use.
+        raise RunDirError(f"resume_from={resume_dir}: ema_rate: run has {old.get('ema_rate')!r}, config has "
+                          f"{config.get('ema_rate')!r}; a resume can change the EMA rate but not switch the EMA on or off")
+    old_arch = read_arch(old).model_dump()
+    diffs = [f"arch.{k}: run has {old_arch.get(k)!r}, config has {v!r}" for k, v in config["arch"].items()
+             if k not in ArchConfig.schedule_keys() and old_arch.get(k) != v]
+    if diffs:
+        raise RunDirError(f"resume_from={resume_dir}: architecture differs from the checkpoint's ({', '.join(diffs)}); "
+                          "pass the run's arch/net and arch/size overrides")
+
+
+class LoadedRun(NamedTuple):
+    model: LanguageModel
+    tokenizer: TextTokenizer
+    context_len: int
+    checkpoint: Path
+
+
+def load_run(run_dir: str | Path, ckpt_epoch: int | None = None, ckpt_step: int | None = None,
+             use_ema: bool = True, arch_override: dict | None = None, device="cpu") -> LoadedRun:
+    """The model (weights of the latest complete checkpoint, or of an epoch or step), its
+    tokenizer and context length, for generation, evaluation and export."""
+    run_dir = Path(run_dir)
+    arch = read_arch(read_config(run_dir), arch_override)
+    meta = json.loads((run_dir / DATASET_METADATA).read_text())
+    info = json.loads((run_dir / TOKENIZER_DIR / TOKENIZER_INFO).read_text())
+    path = info["tokenizer_path"]
+    tokenizer = load_tokenizer(path if path.startswith("tiktoken:") else str(run_dir / path),
+                               list(info["condition_mapping"]))
+    model = LanguageModel(arch, model_vocab_size(info["vocab_size"]))
+    checkpoint = ckpt.find_checkpoint(run_dir, ckpt_epoch, ckpt_step)
+    ckpt.load_model_weights(checkpoint, model, use_ema=use_ema)
+    model.to(device).eval()
+    return LoadedRun(model, tokenizer, meta["max_seq_len"] - 1, checkpoint)

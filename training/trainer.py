@@ -1,0 +1,117 @@
+"""The parts of the training loop (docs/DESIGN.md, "Training"): one step, the metrics window
+between logs, when to checkpoint, and the stop request. pretrain.py composes them.
+"""
+
+import gc
+import signal
+import time
+
+import torch
+
+from models.layers import PackedContext
+from models.lm_head import IGNORE_LABEL, sample_ids_from_cu_seqlens
+from training.distributed import all_reduce_sum
+from training.parallel import clip_grad_norm_, reshard
+
+# Dense bf16 datasheet peaks (TFLOP/s) for MFU; other devices report no MFU.
+PEAK_BF16_TFLOPS = {"H100": 989.5, "H200": 989.5, "H800": 989.5, "A100": 312.0}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's dense bf16 peak in FLOP/s, or None where it is not known (CPU, other GPUs)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf * 1e12 for key, tf in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def loss_normalizer(labels: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The all-ranks mean of valid-label counts (at least 1), which the summed loss is divided by.
+    Counted on the device: a host number copied in would be a blocking copy, stalling the CPU
+    until the GPU has drained every step."""
+    valid = (labels != IGNORE_LABEL).sum(dtype=torch.float32)
+    return (all_reduce_sum(valid) / world_size).clamp(min=1.0)
+
+
+def train_step(model, optimizer, batch, layout, bp_steps, normalizer, num_samples, grad_clip):
+    """Forward, backward, gradient norm (clipped to grad_clip unless None), optimizer update.
+    Returns the step's (sum, count) metrics and the gradient norm."""
+    inputs = batch["inputs"]
+    sample_ids = sample_ids_from_cu_seqlens(batch["cu_seqlens"], inputs.shape[0])
+    loss_sum, metrics = model(inputs[None].long(), batch["position_ids"][None].long(), PackedContext(layout), bp_steps,
+                              labels=batch["labels"], sample_ids=sample_ids, num_samples=num_samples)
+    (loss_sum / normalizer).backward()
+    reshard(model)  # the gathered weights were kept through backward; the next forward gathers the updated ones
+    grad_norm = clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return metrics, grad_norm
+
+
+def freeze_startup_objects() -> None:
+    """Exempt everything alive now from garbage collection. Call it after the first step: torch
+    compilation leaves millions of long-lived Python objects, and every full collection would walk
+    them all again in the middle of a step (host time the GPU waits for)."""
+    gc.collect()
+    gc.freeze()
+
+
+class MetricsWindow:
+    """The steps since the last log: (sum, count) metrics on the device, and this rank's tokens
+    and executed FLOPs on the host. `reduce` averages them over ranks and starts a new window."""
+
+    def __init__(self, device: torch.device, world_size: int):
+        self.device, self.world_size = device, world_size
+        self.peak = peak_flops(device)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.tokens, self.flops, self.start = 0, 0.0, time.perf_counter()
+
+    def add(self, metrics: dict, tokens: int, flops: float) -> None:
+        for name, (total, count) in metrics.items():
+            self.sums.setdefault(name, torch.zeros(2, device=self.device)).add_(torch.stack([total, count]))
+        self.tokens += tokens
+        self.flops += flops
+
+    def reduce(self) -> dict[str, float]:
+        """Collective: every rank calls it. Means of the metrics, tokens/s, MFU and peak memory."""
+        names = sorted(self.sums)
+        packed = all_reduce_sum(torch.stack([self.sums[k] for k in names]))
+        work = all_reduce_sum(torch.tensor([self.tokens, self.flops], dtype=torch.float64, device=self.device))
+        values = {f"train/{k}": (v[0] / v[1].clamp(min=1)).item() for k, v in zip(names, packed)}
+        elapsed = time.perf_counter() - self.start
+        tokens_per_s = work[0].item() / elapsed
+        values.update({"perf/tokens_per_s": tokens_per_s, "perf/tokens_per_s_per_device": tokens_per_s / self.world_size})
+        if self.peak:
+            values["perf/mfu"] = work[1].item() / elapsed / (self.world_size * self.peak)
+            values["perf/peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self._reset()
+        return values
+
+
+def checkpoint_name(step: int, last_step: int, epoch_ended: bool, epoch: int, every_steps: int | None) -> str | None:
+    """The checkpoint to write after `step`: one at each epoch end, one at the last step and one
+    every `every_steps` steps; None when none is due."""
+    if epoch_ended:
+        return f"epoch_{epoch}"
+    if step == last_step or (every_steps and step % every_steps == 0):
+        return f"step_{step}"
+    return None
+
+
+class StopRequest:
+    """SIGTERM (e.g. a scheduler's preemption) asks for a checkpoint and a clean exit."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def agreed(self, device) -> bool:
+        """Collective: whether any rank was asked to stop."""
+        flag = torch.tensor([float(self.requested)], device=device)
+        return all_reduce_sum(flag).item() > 0
