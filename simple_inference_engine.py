@@ -12,6 +12,7 @@ full. A prompt that does not fit the context yields an empty generation and is c
 
 import argparse
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,13 +81,20 @@ class SimpleEngine:
 
     @torch.no_grad()
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
-                     batch_size: int = 16, seed: int = 0) -> list[list[int]]:
-        """Generated ids per prompt (without the eoa that ended it)."""
+                     batch_size: int = 16, seed: int = 0, stop_ids: Collection[int] = (),
+                     response_prefixes: list[list[int]] | None = None) -> list[list[int]]:
+        """Generated ids per prompt (without the eoa that ended it).
+
+        A generated token in `stop_ids` also ends its sequence and is kept (test-time search stops
+        at the end of a reasoning step). `response_prefixes[i]`, when given, is the start of prompt
+        i's response: fed causally after the prompt as if generated, and not returned.
+        """
         results: list[list[int]] = [[] for _ in prompts]
+        prefixes = response_prefixes or [[] for _ in prompts]
         waiting = []
         for i, p in enumerate(prompts):
             self.stats.prompts += 1
-            if len(p) >= self.context_len:
+            if len(p) + len(prefixes[i]) >= self.context_len:
                 self.stats.overlong_prompts += 1
             else:
                 waiting.append(i)
@@ -103,9 +111,10 @@ class SimpleEngine:
         def fill(row: int) -> None:
             while waiting:
                 request = waiting.pop()
-                first = self._prefill(cache, row, prompts[request], generator, temperature)
-                slot = _Slot(request, len(prompts[request]), len(prompts[request]))
-                if self._accept(slot, first, max_new_tokens, results):
+                prompt, prefix = prompts[request], prefixes[request]
+                first = self._prefill(cache, row, prompt, prefix, generator, temperature)
+                slot = _Slot(request, len(prompt), len(prompt) + len(prefix))
+                if self._accept(slot, first, max_new_tokens, results, stop_ids):
                     slots[row] = slot
                     next_tokens[row] = first
                     return
@@ -123,31 +132,35 @@ class SimpleEngine:
                 if slot is None:
                     continue
                 slot.position += 1
-                if self._accept(slot, chosen[row], max_new_tokens, results):
+                if self._accept(slot, chosen[row], max_new_tokens, results, stop_ids):
                     next_tokens[row] = chosen[row]
                 else:
                     fill(row)
         return results
 
-    def _prefill(self, cache, row: int, prompt: list[int], generator, temperature) -> int:
-        """Run the prompt into cache row `row`; return the first generated token."""
-        width = -(-len(prompt) // PREFILL_BUCKET) * PREFILL_BUCKET
+    def _prefill(self, cache, row: int, prompt: list[int], prefix: list[int], generator, temperature) -> int:
+        """Run the prompt (bidirectional) and the response prefix (causal) into cache row `row`;
+        return the first generated token."""
+        fed = prompt + prefix
+        width = -(-len(fed) // PREFILL_BUCKET) * PREFILL_BUCKET
         width = min(width, self.context_len)
         ids = torch.zeros(1, width, dtype=torch.long, device=self.device)
-        ids[0, :len(prompt)] = torch.tensor(prompt, device=self.device)
+        ids[0, :len(fed)] = torch.tensor(fed, device=self.device)
         positions = torch.arange(width, device=self.device)[None]
         mask = attn_lib.generation_mask(positions, torch.tensor([len(prompt)], device=self.device), self.context_len)
         rows = torch.tensor([row], device=self.device)
-        logits = self.model(ids, positions, CachedContext(cache, positions, mask, rows))[0, len(prompt) - 1]
+        logits = self.model(ids, positions, CachedContext(cache, positions, mask, rows))[0, len(fed) - 1]
         return int(self._pick(logits[None], generator, temperature)[0])
 
-    def _accept(self, slot: _Slot, token: int, max_new_tokens: int, results) -> bool:
+    def _accept(self, slot: _Slot, token: int, max_new_tokens: int, results, stop_ids) -> bool:
         """Record a generated token; False when the sequence has ended."""
         if token == self.eoa:
             self.stats.stopped_at_eoa += 1
             return False
         slot.tokens.append(token)
         results[slot.request] = slot.tokens
+        if token in stop_ids:
+            return False
         if len(slot.tokens) >= max_new_tokens or slot.position >= self.context_len:
             self.stats.hit_token_limit += 1
             return False

@@ -173,6 +173,27 @@ def test_generation_stops_at_eoa_token_limit_and_skips_overlong_prompts(engine):
     assert [len(g) for g in limited] == [3, 0, 3]
 
 
+def test_generation_continues_a_response_prefix_and_stops_at_stop_ids(engine):
+    """Reference: one uninterrupted greedy generation. Continuing from its first k tokens as a
+    response prefix gives the rest of it (the prefix is fed causally, as if generated); a stop id
+    ends the sequence right after its first occurrence, keeping it."""
+    eoa = engine.tokenizer.special_ids["<|eoa|>"]
+    prompts = [engine.encode_prompt(r, "direct") for r in ("add 1 2", "sort 321", "reverse 12345")]
+    hook = engine.model.lm_head.register_forward_hook(lambda m, i, out: out.index_fill(-1, torch.tensor([eoa]), -1e4))
+    try:
+        full = engine.generate_ids(prompts, max_new_tokens=10, batch_size=2)
+        for k in (1, 4):
+            rest = engine.generate_ids(prompts, max_new_tokens=10 - k, batch_size=2,
+                                       response_prefixes=[g[:k] for g in full])
+            assert rest == [g[k:] for g in full]
+        stop = full[0][3]
+        stopped = engine.generate_ids(prompts, max_new_tokens=10, batch_size=2, stop_ids={stop})
+    finally:
+        hook.remove()
+    assert stopped == [g[:g.index(stop) + 1] if stop in g else g for g in full]
+    assert len(stopped[0]) <= 4
+
+
 def test_evaluation_runs_every_benchmark_on_the_demo_run(demo_run, tmp_path):
     from evaluation.benchmarks import BENCHMARKS
     from evaluation.main import main
