@@ -2,11 +2,17 @@
 
     python -m data_io.demo --out demo_data
 
-Synthetic tasks a ~1-3M-parameter model learns within minutes on a CPU (condition `direct`):
+Synthetic tasks a ~1-3M-parameter model learns within minutes on a CPU. `--task basic`
+(condition `direct`, the default):
   add      "add 45 78"       -> "123"     (operands 0..99)
   reverse  "reverse 93021"   -> "12039"   (2..5 digits)
   sort     "sort 5129"       -> "1259"    (2..5 digits)
 The tokenizer splits digits one per token, so every sample stays under 20 tokens (context 64).
+
+`--task steps` (condition `cot`, for test-time search, `make ttc-demo`): a running sum of 3 or 4
+two-digit numbers written one step per line, then the answer line; every line is checkable on its
+own (`check_step`):
+  sum      "sum 23 45 17"    -> "23+45=68\n68+17=85\nanswer 85"
 Writes DIR/corpus/train.jsonl, DIR/heldout.jsonl (problems absent from training; rows with
 instruction, response, condition), DIR/tokenizer/, DIR/tokenized/ and the sampled dataset DIR/sampled.
 """
@@ -22,6 +28,9 @@ from data_io.tokenize import tokenize
 from data_io.train_tokenizer import train_tokenizer
 
 
+STEP_CONDITION = "cot"
+
+
 def make_problem(rng: random.Random) -> tuple[str, str]:
     task = rng.choice(("add", "reverse", "sort"))
     if task == "add":
@@ -33,9 +42,36 @@ def make_problem(rng: random.Random) -> tuple[str, str]:
     return f"sort {digits}", "".join(sorted(digits))
 
 
-def make_corpus(train_size: int, heldout_size: int, seed: int) -> tuple[list[dict], list[dict]]:
+def make_step_problem(rng: random.Random) -> tuple[str, str]:
+    numbers = [rng.randrange(10, 100) for _ in range(rng.randint(3, 4))]
+    lines, total = [], numbers[0]
+    for n in numbers[1:]:
+        lines.append(f"{total}+{n}={total + n}")
+        total += n
+    return "sum " + " ".join(map(str, numbers)), "\n".join(lines + [f"answer {total}"])
+
+
+def check_step(instruction: str, previous_steps: list[str], step: str) -> bool:
+    """Whether `step` is the right next line of a `sum` solution whose earlier lines are
+    `previous_steps`: line k adds the (k+2)-th number to the true running sum, and the line after
+    the last addition states the total. A line after a wrong line can still be right."""
+    numbers = [int(n) for n in instruction.split()[1:]]
+    k = len(previous_steps)
+    if k == len(numbers) - 1:
+        return step.strip() == f"answer {sum(numbers)}"
+    if k >= len(numbers):
+        return False
+    partial = sum(numbers[:k + 1])
+    return step.strip() == f"{partial}+{numbers[k + 1]}={partial + numbers[k + 1]}"
+
+
+TASKS = {"basic": (make_problem, "direct"), "steps": (make_step_problem, STEP_CONDITION)}
+
+
+def make_corpus(train_size: int, heldout_size: int, seed: int, task: str = "basic") -> tuple[list[dict], list[dict]]:
     """Held-out problems first, then training problems, none of them held out. Training draws
     repeat freely: the add space is small (10k pairs), and each task keeps a third of the data."""
+    make_problem, condition = TASKS[task]
     rng = random.Random(seed)
     heldout: dict[str, str] = {}
     while len(heldout) < heldout_size:
@@ -46,18 +82,18 @@ def make_corpus(train_size: int, heldout_size: int, seed: int) -> tuple[list[dic
         instruction, response = make_problem(rng)
         if instruction not in heldout:
             train.append((instruction, response))
-    rows = lambda pairs: [{"instruction": i, "response": r, "condition": "direct"} for i, r in pairs]
+    rows = lambda pairs: [{"instruction": i, "response": r, "condition": condition} for i, r in pairs]
     return rows(train), rows(heldout.items())
 
 
 def build_demo(out_dir: str, train_size: int = 150_000, heldout_size: int = 1000, seed: int = 0,
-               epochs: int = 4, context_size: int = 64, vocab_size: int = 384) -> Path:
+               epochs: int = 4, context_size: int = 64, vocab_size: int = 384, task: str = "basic") -> Path:
     out = Path(out_dir)
     (out / "corpus").mkdir(parents=True, exist_ok=True)
-    train, heldout = make_corpus(train_size, heldout_size, seed)
+    train, heldout = make_corpus(train_size, heldout_size, seed, task)
     for file, rows in ((out / "corpus" / "train.jsonl", train), (out / "heldout.jsonl", heldout)):
         file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tokenizer = train_tokenizer([str(out / "corpus")], str(out / "tokenizer"), vocab_size, ["direct"])
+    tokenizer = train_tokenizer([str(out / "corpus")], str(out / "tokenizer"), vocab_size, [TASKS[task][1]])
     tokenize([str(out / "corpus")], str(tokenizer), str(out / "tokenized"))
     sample(SampleConfig(tokenized_path=str(out / "tokenized"), output_path=str(out / "sampled"),
                         epochs=epochs, seed=seed, context_size=context_size))
@@ -70,6 +106,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m data_io.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--task", choices=sorted(TASKS), default="basic",
+                        help="basic: add/reverse/sort; steps: step-by-step sums (default %(default)s)")
     parser.add_argument("--train-size", type=int, default=150_000, help="training problems (default %(default)s)")
     parser.add_argument("--heldout-size", type=int, default=1000, help="held-out problems (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="corpus and sampling seed (default %(default)s)")
@@ -79,7 +117,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         build_demo(args.out, args.train_size, args.heldout_size, args.seed, args.epochs,
-                   args.context_size, args.vocab_size)
+                   args.context_size, args.vocab_size, args.task)
     except DataError as err:
         raise SystemExit(f"error: {err}") from None
 

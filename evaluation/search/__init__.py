@@ -1,0 +1,1 @@
+"""Test-time compute: search methods over a policy, guided by verifiers (methods.py, verifiers.py)."""
