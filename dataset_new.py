@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from data_io import DataError
-from data_io.spans import load_spans, load_tokens
+from data_io.spans import length_policy, load_spans, load_tokens
 from models.lm_head import IGNORE_LABEL
 from multipack_sampler import MultipackDistributedBatchSampler
 
@@ -165,14 +165,9 @@ class PackedDataset:
         folder = epoch % self.num_epoch_dirs
         if folder not in self._plans:
             spans = load_spans(self.path / f"epoch_{folder}", len(self.tokens), FIX)
-            inst_len, resp_len = spans["inst_len"], spans["resp_len"].copy()
-            empty = (resp_len < 2) | (inst_len < 1)
-            long = ~empty & (inst_len + resp_len > self.max_seq_len)
-            resp_len[long] = self.max_seq_len - inst_len[long]  # cut the response's tail
-            too_long = long & (resp_len < 2)
-            keep = np.flatnonzero(~empty & ~too_long)
-            counts = {"samples": len(inst_len), "kept": len(keep), "empty_response_dropped": int(empty.sum()),
-                      "too_long_dropped": int(too_long.sum()), "truncated": int((long & ~too_long).sum())}
+            inst_len = spans["inst_len"]
+            # a response of eoa alone has causal length 0: nothing to train
+            keep, resp_len, counts = length_policy(inst_len, spans["resp_len"], self.max_seq_len, min_resp_len=2)
             if counts["kept"] < counts["samples"]:
                 log.warning("%s epoch_%d: %s", self.path, folder, counts)
             sampler = MultipackDistributedBatchSampler(

@@ -67,3 +67,25 @@ def check_token_ids(tokens: np.ndarray, vocab_size: int, file: Path, fix: str) -
             i = lo + int(bad[0])
             raise DataError(f"{file}: token {i} has id {int(tokens[i])} >= vocab_size {vocab_size} "
                             f"(or negative); the tokens do not belong to this tokenizer; {fix}")
+
+
+def length_policy(inst_len: np.ndarray, resp_len: np.ndarray, max_len: int, min_resp_len: int,
+                  truncate: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """The one rule for samples against a length limit of `max_len` tokens len(i) + len(o).
+
+    A sample whose response has fewer than `min_resp_len` tokens, or whose instruction is empty,
+    is dropped as empty. A longer one has its response's tail cut to fit (`truncate`), and is
+    dropped when under `min_resp_len` response tokens would remain, or dropped outright.
+    Returns the kept indices, the response lengths after cutting (for every sample), and counts."""
+    resp_len = resp_len.copy()
+    empty = (resp_len < min_resp_len) | (inst_len < 1)
+    long = ~empty & (inst_len + resp_len > max_len)
+    if truncate:
+        resp_len[long] = max_len - inst_len[long]
+        too_long = long & (resp_len < min_resp_len)
+    else:
+        too_long = long
+    keep = np.flatnonzero(~empty & ~too_long)
+    counts = {"samples": len(inst_len), "kept": len(keep), "empty_response_dropped": int(empty.sum()),
+              "too_long_dropped": int(too_long.sum()), "truncated": int((long & ~too_long).sum())}
+    return keep, resp_len, counts
