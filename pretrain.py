@@ -30,7 +30,7 @@ from tqdm import tqdm
 from data_io import DataError
 from dataset_new import PackedDataset
 from models import attention as attn_lib
-from models.flops import executed_flops_per_token
+from models.flops import executed_flops, executed_flops_per_token
 from models.model import LanguageModel, model_vocab_size
 from models.nets import bp_steps_at
 from models.optimizer import AdamATan2
@@ -67,7 +67,8 @@ class Run:
     backend: str
     total_steps: int
     last_step: int
-    flops_per_token: Callable[[int], float]  # of a step at a gradient depth (bp steps)
+    flops_per_token: Callable[[int], float]  # at a gradient depth (bp steps), attention over half the context
+    flops: Callable[[int, int, int], float]  # of a batch: (tokens, query-key pairs, bp steps)
     step: int = 0
 
 
@@ -146,7 +147,8 @@ def set_up(cfg: TrainConfig, d: Dist) -> tuple[Run, Path | None]:
               backend=attn_lib.resolve_backend(cfg.attn_backend, d.device), total_steps=total_steps,
               last_step=min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps,
               flops_per_token=functools.cache(functools.partial(executed_flops_per_token, cfg.arch, vocab_size,
-                                                                context_len)))
+                                                                context_len)),
+              flops=functools.partial(executed_flops, cfg.arch, vocab_size))
     return run, resume_ckpt
 
 
@@ -222,6 +224,7 @@ def train(run: Run, d: Dist, logger: MetricsLogger | None) -> None:
     first_step = run.step + 1
     run.model.train()
     for batch, stats in dataset:
+        pairs = attn_lib.query_key_pairs(batch["prefix_lens"], batch["causal_lens"], cfg.arch.attn_type)
         batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
         run.step += 1
         lr = lr_at(run.step, run.total_steps, cfg.lr, cfg.lr_warmup_steps, cfg.lr_min_ratio)
@@ -234,7 +237,8 @@ def train(run: Run, d: Dist, logger: MetricsLogger | None) -> None:
         metrics, grad_norm = train_step(run.model, run.optimizer, batch, layout, bp_steps,
                                         loss_normalizer(batch["labels"], d.world_size),
                                         dataset.max_samples_per_batch, cfg.grad_clip)
-        window.add(metrics, stats["num_tokens"], stats["num_tokens"] * run.flops_per_token(bp_steps))
+        window.add(metrics, stats["num_tokens"], run.flops(stats["num_tokens"], pairs, bp_steps),
+                   stats["num_tokens"] * run.flops_per_token(bp_steps))
         bar.update(1)
         if run.step == first_step:
             freeze_startup_objects()

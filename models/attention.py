@@ -180,6 +180,19 @@ def _may_attend(seg_q, seg_k, prefix_end_q, q_idx, k_idx):
     return (seg_q == seg_k) & ((k_idx <= q_idx) | both_in_prefix)
 
 
+def query_key_pairs(prefix_lens, causal_lens, attn_type: str) -> int:
+    """How many (query, key) pairs `_may_attend` lets a packed batch's samples attend: the
+    attention work a kernel that skips masked pairs does. A sample of prefix p and causal part c
+    has p^2 + c p + c (c + 1) / 2 under prefix-LM (the prefix sees itself whole, each response
+    token the prefix and the response up to itself) and n (n + 1) / 2, n = p + c, under causal.
+    Host integers or CPU tensors (slots of length 0 count nothing)."""
+    p, c = (torch.as_tensor(x, dtype=torch.int64) for x in (prefix_lens, causal_lens))
+    if attn_type == "causal":
+        n = p + c
+        return int((n * (n + 1) // 2).sum())
+    return int((p * p + c * p + c * (c + 1) // 2).sum())
+
+
 def _compact(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed-length gather of the tokens where `keep`, in token order, without a host sync:
     row j reads token idx[j] for j < keep.sum(); later rows are unused (idx 0, valid False)."""

@@ -164,6 +164,15 @@ def dense_rule(samples, total_len, attn_type):
     return allowed
 
 
+@pytest.mark.parametrize("attn_type", ["prefixlm", "causal"])
+def test_query_key_pairs_count_the_dense_rule(attn_type):
+    samples = [(1, 1), (5, 0), (3, 7), (12, 4), (1, 9)]
+    total = sum(p + c for p, c in samples)
+    expected = int(dense_rule(samples, total, attn_type).sum())  # no padding tail: every pair is a sample's
+    prefix, causal = [p for p, _ in samples] + [0, 0], [c for _, c in samples] + [0, 0]  # two empty slots
+    assert A.query_key_pairs(torch.tensor(prefix), torch.tensor(causal), attn_type) == expected
+
+
 def tiles_of(counts, indices, n):
     """A BlockMask's per-row tile lists as bool [query tiles, key tiles]; the listed indices must
     be distinct and increasing."""

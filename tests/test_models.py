@@ -11,6 +11,7 @@ from models import attention as attn_lib
 from models.layers import CachedContext, PackedContext
 from models.lm_head import IGNORE_LABEL, loss_and_metrics, sample_ids_from_cu_seqlens
 from models.model import LanguageModel
+from models.flops import executed_flops, executed_flops_per_token
 from models.nets import NET_CLASSES, bp_steps_at
 from training.model_table import GPU_SIZES, build_on_meta, count_parameters
 from training.config import CONFIG_DIR, compose
@@ -276,3 +277,16 @@ def test_cfg_pretrain_holds_no_arch_key_that_a_group_overrides():
     assert {name: keys for name, keys in overridden.items() if keys} == {}
     # and an edited value reaches the schema: post_norm is set by cfg_pretrain alone
     assert compose("cfg_pretrain", ["arch.post_norm=true"]).arch.post_norm is True
+
+
+def test_executed_flops_from_query_key_pairs_by_hand():
+    """A one-layer transformer (hidden 128, SwiGLU 512 = 4 * 128 * 2/3 rounded up to 256) and vocab 256 on 10 tokens attending 40
+    pairs: per token forward 2 (5 d^2 + 3 d f) projections and 2 d V head, per pair 4 d
+    (scores and weighted values); a training step is 3x forward."""
+    arch = tiny_arch("transformer", n_layers=1)
+    d, f, v = 128, arch.stack().intermediate_size, 256
+    assert f == 512
+    forward = 10 * (2 * (5 * d * d + 3 * d * f) + 2 * d * v) + 40 * 4 * d
+    assert executed_flops(arch, v, num_tokens=10, attn_pairs=40) == pytest.approx(3 * forward)
+    # the half-context convention is the same count at pairs = tokens * context / 2
+    assert executed_flops(arch, v, 10, 10 * 64 // 2) == pytest.approx(10 * executed_flops_per_token(arch, v, 64))

@@ -58,7 +58,10 @@ def freeze_startup_objects() -> None:
 
 class MetricsWindow:
     """The steps since the last log: (sum, count) metrics on the device, and this rank's tokens
-    and executed FLOPs on the host. `reduce` averages them over ranks and starts a new window."""
+    and executed FLOPs on the host, counted two ways: `flops` from the batch's real query-key
+    pairs (MFU's headline, perf/mfu), `counted_flops` with attention as over half the context for
+    every token (perf/mfu_counted, the convention of published MFU figures). `reduce` averages
+    them over ranks and starts a new window."""
 
     def __init__(self, device: torch.device, world_size: int):
         self.device, self.world_size = device, world_size
@@ -67,25 +70,28 @@ class MetricsWindow:
 
     def _reset(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.tokens, self.flops, self.start = 0, 0.0, time.perf_counter()
+        self.tokens, self.flops, self.counted_flops, self.start = 0, 0.0, 0.0, time.perf_counter()
 
-    def add(self, metrics: dict, tokens: int, flops: float) -> None:
+    def add(self, metrics: dict, tokens: int, flops: float, counted_flops: float) -> None:
         for name, (total, count) in metrics.items():
             self.sums.setdefault(name, torch.zeros(2, device=self.device)).add_(torch.stack([total, count]))
         self.tokens += tokens
         self.flops += flops
+        self.counted_flops += counted_flops
 
     def reduce(self) -> dict[str, float]:
         """Collective: every rank calls it. Means of the metrics, tokens/s, MFU and peak memory."""
         names = sorted(self.sums)
         packed = all_reduce_sum(torch.stack([self.sums[k] for k in names]))
-        work = all_reduce_sum(torch.tensor([self.tokens, self.flops], dtype=torch.float64, device=self.device))
+        work = all_reduce_sum(torch.tensor([self.tokens, self.flops, self.counted_flops], dtype=torch.float64,
+                                           device=self.device))
         values = {f"train/{k}": (v[0] / v[1].clamp(min=1)).item() for k, v in zip(names, packed)}
         elapsed = time.perf_counter() - self.start
         tokens_per_s = work[0].item() / elapsed
         values.update({"perf/tokens_per_s": tokens_per_s, "perf/tokens_per_s_per_device": tokens_per_s / self.world_size})
         if self.peak:
             values["perf/mfu"] = work[1].item() / elapsed / (self.world_size * self.peak)
+            values["perf/mfu_counted"] = work[2].item() / elapsed / (self.world_size * self.peak)
             values["perf/peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self._reset()
         return values
