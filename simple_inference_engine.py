@@ -82,19 +82,23 @@ class SimpleEngine:
     @torch.no_grad()
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
                      batch_size: int = 16, seed: int = 0, stop_ids: Collection[int] = (),
-                     response_prefixes: list[list[int]] | None = None) -> list[list[int]]:
+                     response_prefixes: list[list[int]] | None = None,
+                     context_len: int | None = None) -> list[list[int]]:
         """Generated ids per prompt (without the eoa that ended it).
 
         A generated token in `stop_ids` also ends its sequence and is kept (test-time search stops
         at the end of a reasoning step). `response_prefixes[i]`, when given, is the start of prompt
         i's response: fed causally after the prompt as if generated, and not returned.
+        `context_len` (default: the run's) sizes the cache: a prompt of context_len tokens or more
+        is not run.
         """
+        context_len = context_len or self.context_len
         results: list[list[int]] = [[] for _ in prompts]
         prefixes = response_prefixes or [[] for _ in prompts]
         waiting = []
         for i, p in enumerate(prompts):
             self.stats.prompts += 1
-            if len(p) + len(prefixes[i]) >= self.context_len:
+            if len(p) + len(prefixes[i]) >= context_len:
                 self.stats.overlong_prompts += 1
             else:
                 waiting.append(i)
@@ -103,7 +107,7 @@ class SimpleEngine:
         # compiled decode step is specialised to its batch size, and every benchmark's last batch
         # would otherwise compile one more (dynamo gives up after 8 and runs uncompiled).
         batch_size = min(batch_size, 1 << (max(1, len(waiting)) - 1).bit_length())
-        cache = self.model.new_kv_cache(batch_size, self.context_len)
+        cache = self.model.new_kv_cache(batch_size, context_len)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         slots: list[_Slot | None] = [None] * batch_size
         next_tokens = torch.zeros(batch_size, dtype=torch.long, device=self.device)
@@ -112,9 +116,9 @@ class SimpleEngine:
             while waiting:
                 request = waiting.pop()
                 prompt, prefix = prompts[request], prefixes[request]
-                first = self._prefill(cache, row, prompt, prefix, generator, temperature)
+                first = self._prefill(cache, row, prompt, prefix, generator, temperature, context_len)
                 slot = _Slot(request, len(prompt), len(prompt) + len(prefix))
-                if self._accept(slot, first, max_new_tokens, results, stop_ids):
+                if self._accept(slot, first, max_new_tokens, results, stop_ids, context_len):
                     slots[row] = slot
                     next_tokens[row] = first
                     return
@@ -125,34 +129,35 @@ class SimpleEngine:
         while any(slots):
             positions = torch.tensor([s.position if s else 0 for s in slots], device=self.device)[:, None]
             prompt_lens = torch.tensor([s.prompt_len if s else 1 for s in slots], device=self.device)
-            mask = attn_lib.generation_mask(positions, prompt_lens, self.context_len)
+            mask = attn_lib.generation_mask(positions, prompt_lens, context_len)
             logits = self._forward(next_tokens[:, None], positions, CachedContext(cache, positions, mask))[:, -1]
             chosen = self._pick(logits, generator, temperature).tolist()
             for row, slot in enumerate(slots):
                 if slot is None:
                     continue
                 slot.position += 1
-                if self._accept(slot, chosen[row], max_new_tokens, results, stop_ids):
+                if self._accept(slot, chosen[row], max_new_tokens, results, stop_ids, context_len):
                     next_tokens[row] = chosen[row]
                 else:
                     fill(row)
         return results
 
-    def _prefill(self, cache, row: int, prompt: list[int], prefix: list[int], generator, temperature) -> int:
+    def _prefill(self, cache, row: int, prompt: list[int], prefix: list[int], generator, temperature,
+                 context_len: int) -> int:
         """Run the prompt (bidirectional) and the response prefix (causal) into cache row `row`;
         return the first generated token."""
         fed = prompt + prefix
         width = -(-len(fed) // PREFILL_BUCKET) * PREFILL_BUCKET
-        width = min(width, self.context_len)
+        width = min(width, context_len)
         ids = torch.zeros(1, width, dtype=torch.long, device=self.device)
         ids[0, :len(fed)] = torch.tensor(fed, device=self.device)
         positions = torch.arange(width, device=self.device)[None]
-        mask = attn_lib.generation_mask(positions, torch.tensor([len(prompt)], device=self.device), self.context_len)
+        mask = attn_lib.generation_mask(positions, torch.tensor([len(prompt)], device=self.device), context_len)
         rows = torch.tensor([row], device=self.device)
         logits = self.model(ids, positions, CachedContext(cache, positions, mask, rows))[0, len(fed) - 1]
         return int(self._pick(logits[None], generator, temperature)[0])
 
-    def _accept(self, slot: _Slot, token: int, max_new_tokens: int, results, stop_ids) -> bool:
+    def _accept(self, slot: _Slot, token: int, max_new_tokens: int, results, stop_ids, context_len: int) -> bool:
         """Record a generated token; False when the sequence has ended."""
         if token == self.eoa:
             self.stats.stopped_at_eoa += 1
@@ -161,7 +166,7 @@ class SimpleEngine:
         results[slot.request] = slot.tokens
         if token in stop_ids:
             return False
-        if len(slot.tokens) >= max_new_tokens or slot.position >= self.context_len:
+        if len(slot.tokens) >= max_new_tokens or slot.position >= context_len:
             self.stats.hit_token_limit += 1
             return False
         return True

@@ -6,23 +6,26 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from evaluation.benchmarks import BENCHMARKS, get_benchmark, load_items
+from evaluation.benchmarks import ALIASES, BENCHMARKS, Benchmark, canonical_name
 from evaluation.engines import Engine, build_engine, require_known_condition
-from evaluation.scoring import evaluate_generations
 
 DEFAULT_CONFIG = Path(__file__).parent / "config" / "default.yaml"
-BENCHMARK_KEYS = {"num_fewshot", "generation_config"}
+BENCHMARK_OPTIONS = {  # per-benchmark keys besides generation_config
+    "DROP": {"num_shots"}, "MMLU": {"num_shots", "special_shots"}, "ARC": {"num_shots"},
+    "HellaSwag": {"num_shots"}, "Winogrande": {"num_shots"}, "BoolQ": {"num_shots"},
+    "AIMEMajorityVoting": {"year", "n", "pass_k"},
+}
 
 USAGE = f"""usage: python -m evaluation.main ckpt_path=PATH [key=value ...]
 
 Examples:
   python -m evaluation.main ckpt_path=runs/my_run
-  python -m evaluation.main ckpt_path=runs/my_run ckpt_epoch=2 run_only=[GSM8k,MMLU] generation_config.batch_size=16
-  python -m evaluation.main ckpt_path=hf_export/ config=evaluation/config/sampling.yaml
+  python -m evaluation.main ckpt_path=runs/my_run ckpt_epoch=2 run_only=[MATH,DROP,ARC,MMLU] generation_config.batch_size=16
   python -m evaluation.main ckpt_path=runs/my_run data_dir=/data/eval limit=100
-  python -m evaluation.main ckpt_path=runs/my_run benchmarks.MMLU.num_fewshot=0
+  python -m evaluation.main ckpt_path=runs/my_run config=evaluation/config/hrm_maj_vote_benchmarking.yaml
+  python -m evaluation.main ckpt_path=hf_export/ generation_config.max_context=4096
 
-Benchmarks: {', '.join(BENCHMARKS)}
+Benchmarks: {', '.join(BENCHMARKS)} (aliases: {', '.join(f'{a}={b}' for a, b in ALIASES.items())})
 Keys (OmegaConf dotlist, defaults from {DEFAULT_CONFIG}):
 """
 
@@ -36,83 +39,119 @@ def _check_keys(where: str, given, allowed) -> None:
 def load_config(argv: list[str]) -> tuple[DictConfig, DictConfig]:
     """(config, command-line layer): default.yaml <- optional `config=` file <- command line.
 
-    The command-line layer is kept apart because its generation_config keys override every
-    benchmark, above each benchmark's own generation_config.
+    A `config=` file brings its own generation_config (over the defaults' keys) and its own
+    benchmarks, as the reference's config files do. The command-line layer is kept apart because
+    its generation_config keys override every benchmark.
     """
     cli = OmegaConf.from_dotlist(argv)
     defaults = OmegaConf.load(DEFAULT_CONFIG)
-    layers = [defaults]
+    base = defaults
     if cli.get("config"):
-        layers.append(OmegaConf.load(cli.config))
-    cfg = OmegaConf.merge(*layers, cli)
+        chosen = OmegaConf.load(cli.config)
+        base = OmegaConf.merge(defaults, chosen)
+        base.benchmarks = chosen.get("benchmarks", {})
+    cfg = OmegaConf.merge(base, {k: v for k, v in cli.items() if k != "benchmarks"},
+                          {"benchmarks": cli.get("benchmarks", {})})
     if isinstance(cfg.run_only, str):  # run_only=GSM8k, without brackets
         cfg.run_only = [cfg.run_only]
 
     _check_keys("the config", cfg.keys(), defaults.keys())
     generation_keys = defaults.generation_config.keys()
     _check_keys("generation_config", cfg.generation_config.keys(), generation_keys)
-    _check_keys("benchmarks", cfg.benchmarks.keys(), BENCHMARKS)
+    renamed = {}
+    for name, bench in cfg.benchmarks.items():  # aliases (ARC-C) merge into their benchmark's entry
+        canonical = canonical_name(name)
+        renamed[canonical] = OmegaConf.merge(renamed.get(canonical, {}), bench)
+    cfg.benchmarks = renamed
     for name, bench in cfg.benchmarks.items():
-        _check_keys(f"benchmarks.{name}", bench.keys(), BENCHMARK_KEYS)
+        _check_keys(f"benchmarks.{name}", bench.keys(), {"generation_config"} | BENCHMARK_OPTIONS.get(name, set()))
         _check_keys(f"benchmarks.{name}.generation_config", bench.get("generation_config", {}).keys(), generation_keys)
-    for name in cfg.run_only or []:
-        get_benchmark(name)  # fails listing the valid names
+    if cfg.run_only is not None:
+        cfg.run_only = [canonical_name(name) for name in cfg.run_only]  # fails listing the valid names
     return cfg, cli
 
 
-def generation_config(cfg: DictConfig, cli: DictConfig, name: str) -> dict:
-    merged = OmegaConf.merge(cfg.generation_config, cfg.benchmarks[name].get("generation_config", {}),
-                             cli.get("generation_config", {}))
-    return OmegaConf.to_container(merged)
+def benchmark_settings(cfg: DictConfig, name: str) -> tuple[dict, dict]:
+    """(benchmark options, its own generation_config) from `benchmarks.<name>`, if listed."""
+    entry = OmegaConf.to_container(cfg.benchmarks[name]) if name in cfg.benchmarks else {}
+    generation = entry.pop("generation_config", {}) or {}
+    return entry, generation
 
 
-def evaluate(cfg: DictConfig, cli: DictConfig, engine: Engine) -> dict[str, dict]:
+def generation_plan(cfg: DictConfig, cli: DictConfig, benchmark: Benchmark, own: dict) -> dict:
+    """defaults <- what the benchmark imposes (MCQ: one token) <- its config <- the command line."""
+    plan = OmegaConf.to_container(cfg.generation_config) | benchmark.generation_overrides | own
+    plan |= OmegaConf.to_container(cli.get("generation_config", OmegaConf.create({})))
+    if plan["max_tokens"] is None:
+        plan["max_tokens"] = plan["max_context"]  # the reference: generate until the context is full
+    return plan
+
+
+def prepare(cfg: DictConfig, cli: DictConfig) -> tuple[dict[str, Benchmark], dict[str, dict]]:
+    """(benchmarks with their items, generation plan per benchmark): all data is read and checked
+    before any model is loaded."""
     names = list(cfg.run_only) if cfg.run_only else list(cfg.benchmarks)
-    plans = {name: generation_config(cfg, cli, name) for name in names}
-    known = engine.known_conditions()
-    for plan in plans.values():  # fail before any data is loaded or generated
-        require_known_condition(plan["condition"], known)
+    benchmarks, plans = {}, {}
+    for name in names:
+        options, own = benchmark_settings(cfg, name)
+        benchmarks[name] = BENCHMARKS[name](cfg.data_dir, cfg.limit, **options)
+        plans[name] = generation_plan(cfg, cli, benchmarks[name], own)
+    return benchmarks, plans
 
-    items = {name: load_items(get_benchmark(name), cfg.data_dir, cfg.benchmarks[name].num_fewshot, cfg.limit, cfg.seed)
-             for name in names}
+
+def evaluate(cfg: DictConfig, benchmarks: dict[str, Benchmark], plans: dict[str, dict],
+             engine: Engine) -> dict[str, dict]:
+    names = list(benchmarks)
+    for plan in plans.values():  # fail before anything is generated
+        require_known_condition(plan["condition"], engine.known_conditions())
 
     # Benchmarks with identical generation configs share one engine call, so the engine's batches
     # stay full across benchmark boundaries.
-    groups: dict[tuple, list[str]] = {}
+    groups: dict[str, list[str]] = {}
     for name in names:
-        groups.setdefault(tuple(sorted(plans[name].items())), []).append(name)
+        groups.setdefault(json.dumps(plans[name], sort_keys=True), []).append(name)
     generations = {}
     for key, members in groups.items():
-        prompts = [item.prompt for name in members for item in items[name]]
-        print(f"[eval] {', '.join(members)}: {len(prompts)} prompts, {dict(key)}", flush=True)
-        outputs = engine.generate(prompts, **dict(key)) if prompts else []
+        plan = json.loads(key)
+        # The reference's native engine strips each prompt before wrapping it in boq/eoq.
+        prompts = [item.prompt.strip() for name in members for item in benchmarks[name].items]
+        print(f"[eval] {', '.join(members)}: {len(prompts)} prompts, {plan}", flush=True)
+        outputs = engine.generate(prompts, condition=plan["condition"], max_new_tokens=plan["max_tokens"],
+                                  temperature=plan["temperature"], num_samples=plan["num_samples"],
+                                  batch_size=plan["batch_size"], seed=cfg.seed,
+                                  max_context=plan["max_context"]) if prompts else []
         if len(outputs) != len(prompts):
             raise RuntimeError(f"engine returned {len(outputs)} results for {len(prompts)} prompts")
         offset = 0
         for name in members:
-            generations[name] = outputs[offset:offset + len(items[name])]
-            offset += len(items[name])
+            count = len(benchmarks[name].items)
+            generations[name] = outputs[offset:offset + count]
+            offset += count
 
     results = {}
     for name in names:
-        benchmark = get_benchmark(name)
+        samples = [g for per_item in generations[name] for g in per_item]
+        stops = [getattr(g, "stop", None) for g in samples]
         results[name] = {
-            "metrics": evaluate_generations(benchmark, items[name], generations[name]),
-            "num_fewshot": cfg.benchmarks[name].num_fewshot,
+            "metrics": benchmarks[name].compute_metrics(benchmarks[name].items, generations[name]),
+            "num_items": len(benchmarks[name].items),
+            "num_overlong": stops.count("overlong"),  # prompts that did not fit: answered ""
+            "num_truncated": stops.count("length"),  # responses cut by max_tokens or the context
             "generation_config": plans[name],
-            "data": cfg.data_dir or f"{benchmark.source.path} ({benchmark.source.eval_split})",
+            "options": benchmark_settings(cfg, name)[0],
         }
     return results
 
 
 def format_table(results: dict[str, dict]) -> str:
-    rows = [("benchmark", "metric", "value", "items", "invalid")]
+    rows = [("benchmark", "metric", "value", "items", "overlong", "truncated")]
     for name, result in results.items():
-        m = result["metrics"]
-        for metric, value in m.items():
-            if metric.startswith("num_") or metric == "invalid_rate":
-                continue
-            rows.append((name, metric, f"{value:.4f}", str(m["num_items"]), f"{m['num_invalid']}"))
+        for metric, value in result["metrics"].items():
+            if metric[0].isdigit() or "_" in metric and metric.split("_")[0] in ("n", "acc", "invalid"):
+                continue  # per-problem and per-group entries stay in the JSON
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            rows.append((name, metric, shown, str(result["num_items"]), str(result["num_overlong"]),
+                         str(result["num_truncated"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
 
@@ -124,8 +163,9 @@ def main(argv: list[str] | None = None, engine: Engine | None = None) -> dict:
         print(USAGE + DEFAULT_CONFIG.read_text())
         return {}
     cfg, cli = load_config(argv)
+    benchmarks, plans = prepare(cfg, cli)
     engine = engine if engine is not None else build_engine(cfg)
-    results = evaluate(cfg, cli, engine)
+    results = evaluate(cfg, benchmarks, plans, engine)
     report = {
         "ckpt_path": cfg.ckpt_path,
         "ckpt_epoch": cfg.ckpt_epoch,
@@ -142,4 +182,7 @@ def main(argv: list[str] | None = None, engine: Engine | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:  # bad config, data or path: one line, non-zero exit
+        sys.exit(f"error: {e}")

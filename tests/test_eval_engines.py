@@ -66,3 +66,25 @@ def test_build_engine_picks_transformers_for_hf_dir_and_plain_without_conditions
     assert isinstance(engine, TransformersEngine)
     assert engine.known_conditions() == [PLAIN_CONDITION]
     assert len(engine.generate(["hello world"], PLAIN_CONDITION, 3, 0.0, 1, 1)[0]) == 1
+
+
+def test_multi_tag_condition_and_context_limits(engine):
+    # "direct,cot": boq, one token per condition in the given order, the text, eoq.
+    ids = engine.encode_prompt("hello world", "direct,cot")
+    vocab = engine.tokenizer.get_vocab()
+    assert ids == [vocab[t] for t in ("<|boq|>", "<|direct|>", "<|cot|>", "hello", "world", "<|eoq|>")]
+    prompts = ["hello world", "a b c d e f", "one"]  # 5, 9 and 4 tokens with boq, condition, eoq
+    free = engine.generate(prompts, "direct", max_new_tokens=6, temperature=0.0, num_samples=1, batch_size=8,
+                           max_context=64)
+    limited = engine.generate(prompts, "direct", max_new_tokens=6, temperature=0.0, num_samples=1, batch_size=8,
+                              max_context=7)
+    tokens = lambda text: text.split()  # the word-level vocabulary decodes one word per token
+    # "a b c d e f" (9 tokens >= 7) does not fit: "" and counted as overlong, as in the reference.
+    assert (limited[1][0], limited[1][0].stop) == ("", "overlong")
+    # The others keep at most max_context - prompt_len tokens (2 and 3): a prefix of the free run.
+    for (free_text,), (text,), room in zip(free, limited, (2, None, 3)):
+        if room is None:
+            continue
+        assert tokens(text) == tokens(free_text)[:room]
+        assert text.stop == ("length" if len(tokens(free_text)) >= room else "eoa")
+    assert {g[0].stop for g in free} <= {"eoa", "length"}

@@ -195,17 +195,36 @@ def test_generation_continues_a_response_prefix_and_stops_at_stop_ids(engine):
 
 
 def test_evaluation_runs_every_benchmark_on_the_demo_run(demo_run, tmp_path):
-    from evaluation.benchmarks import BENCHMARKS
     from evaluation.main import main
 
     _, run = demo_run
     results_path = tmp_path / "eval.json"
     report = main([f"ckpt_path={run}", f"data_dir={FIXTURES}", f"results_path={results_path}", "limit=2",
-                   "generation_config.condition=direct", "generation_config.max_new_tokens=4",
-                   "generation_config.batch_size=4"])
+                   "generation_config.condition=direct", "generation_config.max_tokens=4",
+                   "generation_config.batch_size=4", "generation_config.max_context=64"])
     written = json.loads(results_path.read_text())
-    assert set(written["results"]) == set(BENCHMARKS) == set(report["results"])
+    eight = {"GSM8k", "MATH", "DROP", "MMLU", "ARC", "HellaSwag", "Winogrande", "BoolQ"}
+    assert set(written["results"]) == eight == set(report["results"])
+    # MCQ prompts with their shots do not fit 64 tokens: answered "" and counted.
+    assert written["results"]["MMLU"]["num_overlong"] == 2
     with pytest.raises(ValueError, match="GSM8k"):
         main([f"ckpt_path={run}", f"data_dir={FIXTURES}", "run_only=[NoSuchBench]"])
     with pytest.raises(Exception, match="direct"):  # the demo tokenizer knows only `direct`
         main([f"ckpt_path={run}", f"data_dir={FIXTURES}", "run_only=[GSM8k]", "generation_config.condition=cot"])
+
+
+def test_native_and_transformers_engines_apply_the_same_context_limits(engine, export):
+    from evaluation.engines import NativeEngine, TransformersEngine
+
+    native, hf = NativeEngine(engine), TransformersEngine(export, device="cpu")
+    prompts = ["add 12 34", "reverse 9081726354", "sort 5129"]
+    lengths = [len(engine.encode_prompt(p, "direct")) for p in prompts]
+    max_context = lengths[0] + 2  # the first keeps 2 tokens at most; the longer second does not fit
+    assert lengths[1] >= max_context
+    results = [e.generate(prompts, "direct", max_new_tokens=8, temperature=0.0, num_samples=1, batch_size=2,
+                          max_context=max_context) for e in (native, hf)]
+    assert [[(g, g.stop) for g in s] for s in results[0]] == [[(g, g.stop) for g in s] for s in results[1]]
+    assert (results[0][1][0], results[0][1][0].stop) == ("", "overlong")
+    free = native.generate(prompts[:1], "direct", 8, 0.0, 1, 1)[0][0]
+    assert results[0][0][0] == engine.tokenizer.decode(engine.tokenizer.encode_batch([free])[0][:2]) or \
+        results[0][0][0].stop == "eoa"
