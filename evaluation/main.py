@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from evaluation.benchmarks import ALIASES, BENCHMARKS, Benchmark, canonical_name
-from evaluation.engines import Engine, build_engine, require_known_condition
+from evaluation.engines import Engine, Generation, build_engine, require_known_condition
 
 DEFAULT_CONFIG = Path(__file__).parent / "config" / "default.yaml"
 BENCHMARK_OPTIONS = {  # per-benchmark keys besides generation_config
@@ -87,6 +87,14 @@ def generation_plan(cfg: DictConfig, cli: DictConfig, benchmark: Benchmark, own:
     return plan
 
 
+def cut_at_stop(text: str, stops: str | list[str]) -> str:
+    """The text before the first stop string (as vLLM's `stop`; the tokens after it could not
+    have changed what came before)."""
+    stops = [stops] if isinstance(stops, str) else stops
+    at = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return text if at < 0 else Generation(text[:at], "stop")
+
+
 def prepare(cfg: DictConfig, cli: DictConfig) -> tuple[dict[str, Benchmark], dict[str, dict]]:
     """(benchmarks with their items, generation plan per benchmark): all data is read and checked
     before any model is loaded."""
@@ -120,6 +128,8 @@ def evaluate(cfg: DictConfig, benchmarks: dict[str, Benchmark], plans: dict[str,
                                   temperature=plan["temperature"], num_samples=plan["num_samples"],
                                   batch_size=plan["batch_size"], seed=cfg.seed,
                                   max_context=plan["max_context"]) if prompts else []
+        if plan["stop"]:
+            outputs = [[cut_at_stop(text, plan["stop"]) for text in samples] for samples in outputs]
         if len(outputs) != len(prompts):
             raise RuntimeError(f"engine returned {len(outputs)} results for {len(prompts)} prompts")
         offset = 0

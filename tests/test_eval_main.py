@@ -126,3 +126,20 @@ def test_command_line_exits_non_zero_with_one_line(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "BoolQ/validation.jsonl: row 1: field 'answer'" in last
     assert "Traceback" not in result.stderr
+
+
+def test_baseline_config_is_the_references_vllm_protocol(tmp_path):
+    class PlainEngine(ScriptedEngine):
+        def known_conditions(self):
+            return ["plain"]
+
+    engine = PlainEngine({"field goals": Generation("2\n\nThe Bears", "length")})
+    config = ROOT / "evaluation" / "config" / "baseline_benchmarking.yaml"
+    report = eval_main.main([f"ckpt_path={tmp_path}", f"data_dir={FIXTURES}", f"config={config}"], engine=engine)
+    assert list(report["results"]) == ["DROP", "MMLU", "ARC", "HellaSwag", "Winogrande", "BoolQ"]
+    assert [(c["condition"], c["max_context"], c["max_new_tokens"]) for c in engine.calls] == \
+        [("plain", 3072, 16), ("plain", 3072, 1)]
+    drop = report["results"]["DROP"]
+    # "2\n\nThe Bears" is cut at the stop string: "2" is right for the first of 4 questions.
+    assert drop["metrics"]["em"] == pytest.approx(1 / 4) and drop["num_truncated"] == 0
+    assert report["results"]["MMLU"]["options"] == {"special_shots": {"high_school_european_history": 3}}
