@@ -1,6 +1,7 @@
 """TransformersEngine on a tiny random hrm_text model directory (CPU, no network)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from transformers import HrmTextConfig, HrmTextForCausalLM, PreTrainedTokenizerF
 
 from evaluation.engines import CONDITIONS_FILE, PLAIN_CONDITION, TransformersEngine, UnknownConditionError, build_engine
 
-SPECIALS = ["<|pad|>", "<|boq|>", "<|eoq|>", "<|eoa|>", "<|direct|>", "<|cot|>", "<unk>"]
+SPECIALS = ["<|pad|>", "<|boq|>", "<|eoq|>", "<|eoa|>", "<|direct|>", "<|cot|>", "<|synth|>", "<unk>"]
 WORDS = "the a b c d e f g h hello world one two three".split()
 
 
@@ -18,7 +19,7 @@ def _write_model_dir(path, with_conditions=True):
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<|pad|>", bos_token="<|boq|>",
-                            eos_token="<|eoa|>", additional_special_tokens=SPECIALS[1:6]).save_pretrained(path)
+                            eos_token="<|eoa|>", additional_special_tokens=SPECIALS[1:7]).save_pretrained(path)
     torch.manual_seed(0)
     # initializer_range 0.5 keeps the embedding scale (1/range) small enough for varied random outputs.
     config = HrmTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -26,7 +27,7 @@ def _write_model_dir(path, with_conditions=True):
                            H_cycles=2, L_cycles=2)
     HrmTextForCausalLM(config).save_pretrained(path)
     if with_conditions:
-        spec = {"condition_mapping": {"direct": "<|direct|>", "cot": "<|cot|>"},
+        spec = {"condition_mapping": {"direct": "<|direct|>", "cot": "<|cot|>", "synth": "<|synth|>"},
                 "boq": "<|boq|>", "eoq": "<|eoq|>", "eoa": "<|eoa|>"}
         (path / CONDITIONS_FILE).write_text(json.dumps(spec))
 
@@ -39,7 +40,7 @@ def engine(tmp_path_factory):
 
 
 def test_batched_greedy_equals_one_at_a_time(engine):
-    assert engine.known_conditions() == ["direct", "cot"]
+    assert engine.known_conditions() == ["direct", "cot", "synth"]
     prompts = ["hello world", "a b c d e f", "one"]  # different lengths: left padding in a batch
     batched = engine.generate(prompts, "direct", max_new_tokens=6, temperature=0.0, num_samples=2, batch_size=8)
     single = [engine.generate([p], "direct", 6, 0.0, 1, 1)[0][0] for p in prompts]
@@ -54,8 +55,8 @@ def test_sampling_shapes_and_unknown_condition(engine):
     torch.manual_seed(1234)  # the global state must not matter: the run is seeded
     again = engine.generate(["hello", "a b", "c"], "cot", max_new_tokens=4, temperature=1.0, num_samples=3, batch_size=4)
     assert again == out
-    with pytest.raises(UnknownConditionError, match="unknown condition 'synth'.*knows: direct, cot"):
-        engine.generate(["hello"], "synth", 4, 0.0, 1, 1)
+    with pytest.raises(UnknownConditionError, match="unknown condition 'think'.*knows: direct, cot, synth"):
+        engine.generate(["hello"], "think", 4, 0.0, 1, 1)
 
 
 def test_build_engine_picks_transformers_for_hf_dir_and_plain_without_conditions(tmp_path):
@@ -88,3 +89,18 @@ def test_multi_tag_condition_and_context_limits(engine):
         assert tokens(text) == tokens(free_text)[:room]
         assert text.stop == ("length" if len(tokens(free_text)) >= room else "eoa")
     assert {g[0].stop for g in free} <= {"eoa", "length"}
+
+
+def test_seed_readme_command_runs_on_a_model_directory(tmp_path):
+    from evaluation.main import main
+
+    model_dir = tmp_path / "model"
+    _write_model_dir(model_dir)
+    fixtures = Path(__file__).parent / "fixtures" / "eval"
+    report = main([f"ckpt_path={model_dir}", "run_only=[MATH,DROP,ARC,MMLU]", "generation_config.batch_size=16",
+                   f"data_dir={fixtures}", "limit=1"])  # the default protocol: up to 3072 tokens of context
+    results = report["results"]
+    assert list(results) == ["MATH", "DROP", "ARC", "MMLU"]
+    assert results["MATH"]["generation_config"]["condition"] == "synth,cot"
+    assert all(r["num_items"] == 1 for r in results.values())
+    assert (model_dir / "eval_results.json").is_file()

@@ -31,7 +31,7 @@ class ScriptedEngine:
     def generate(self, prompts, condition, max_new_tokens, temperature, num_samples, batch_size, seed=0,
                  max_context=None):
         self.calls.append({"condition": condition, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                           "max_context": max_context, "num_prompts": len(prompts)})
+                           "max_context": max_context, "num_prompts": len(prompts), "num_samples": num_samples})
         out = []
         for prompt in prompts:
             last = prompt.split("\n\n")[-1]
@@ -143,3 +143,41 @@ def test_baseline_config_is_the_references_vllm_protocol(tmp_path):
     # "2\n\nThe Bears" is cut at the stop string: "2" is right for the first of 4 questions.
     assert drop["metrics"]["em"] == pytest.approx(1 / 4) and drop["num_truncated"] == 0
     assert report["results"]["MMLU"]["options"] == {"special_shots": {"high_school_european_history": 3}}
+
+
+class SamplesEngine(ScriptedEngine):
+    """Answers each prompt containing a key with the key's list of samples, one per sample."""
+
+    def generate(self, prompts, condition, max_new_tokens, temperature, num_samples, batch_size, seed=0,
+                 max_context=None):
+        super().generate(prompts, condition, max_new_tokens, temperature, num_samples, batch_size, seed, max_context)
+        return [next(v for k, v in self.answers.items() if k in p)[:num_samples] for p in prompts]
+
+
+def test_aime_majority_voting_and_mmlu_pro_offline(tmp_path):
+    engine = SamplesEngine({
+        "17_b": ["\\boxed{70}", "\\boxed{49}", "\\boxed{49}", "70"],  # gold 70: votes 70, 49, 49, 70 (tie: 70 first)
+        "2^{10}": ["\\boxed{24}", "\\boxed{1024}", "\\boxed{42}", "\\boxed{42}"],  # gold 24; 1024 casts no vote
+        "divisors": ["\\boxed{8}", "\\boxed{8}", "\\boxed{6}", "none"],  # gold 9 (from the solution's box): never
+        "7 * 8": ["(B)"], "prime": ["The answer is \\boxed{(D)}"], "final say": ["It is B."],
+    })
+    config = ROOT / "evaluation" / "config" / "hrm_maj_vote_benchmarking.yaml"
+    report = eval_main.main([f"ckpt_path={tmp_path}", f"data_dir={FIXTURES}", f"config={config}",
+                             "benchmarks.AIME.n=4", "benchmarks.AIME.pass_k=[1,2,4]"], engine=engine)
+    aime = report["results"]["AIMEMajorityVoting"]["metrics"]
+    assert engine.calls[0]["num_samples"] == 4 and engine.calls[0]["max_context"] == 4096
+    assert [aime[f"{i}_valid"] for i in range(3)] == [4, 3, 3]
+    assert [aime[f"{i}_cons_count"] for i in range(3)] == [2, 2, 2]
+    # top-1: 70 (tie, first seen) right, 42 wrong, 8 wrong; top-2: 70 right, [42, 24] right, [8, 6] wrong
+    assert aime["maj_pass@1"] == pytest.approx(1 / 3) and aime["maj_pass@2"] == pytest.approx(2 / 3)
+    assert aime["maj_pass@4"] == pytest.approx(2 / 3)
+    # correct samples c = 2, 1, 0 of n = 4: pass@1 = (2/4 + 1/4 + 0) / 3;
+    # pass@2 = (1 - C(2,2)/C(4,2) + 1 - C(3,2)/C(4,2) + 0) / 3 = (5/6 + 1/2) / 3; pass@4 = (1 + 1 + 0) / 3
+    assert aime["pass@1"] == pytest.approx(0.75 / 3)
+    assert aime["pass@2"] == pytest.approx((5 / 6 + 1 / 2) / 3)
+    assert aime["pass@4"] == pytest.approx(2 / 3)
+
+    mmlu_pro = eval_main.main([f"ckpt_path={tmp_path}", f"data_dir={FIXTURES}", "run_only=[MMLU-Pro]"],
+                              engine=engine)["results"]["MMLUPro"]["metrics"]
+    # math: (B) right, (D) right; law: "It is B." reads B, gold A -> 0
+    assert (mmlu_pro["acc_math"], mmlu_pro["acc_law"], mmlu_pro["acc"]) == (1.0, 0.0, 0.5)

@@ -1,0 +1,93 @@
+"""lm-evaluation-harness with the `hrm_text` model on a real (small) demo run, offline: a local
+custom task over the demo's held-out rows agrees item for item with the native harness, and
+loglikelihood equals the Transformers export's prefix-LM forward."""
+
+import json
+
+import pytest
+import torch
+
+from evaluation.engines import NativeEngine
+from evaluation.lm_eval_model import HrmTextLM
+from simple_inference_engine import SimpleEngine, heldout_accuracy
+from training.run_dir import load_run
+
+TASK = """task: demo_heldout
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {heldout}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{instruction}}}}"
+doc_to_target: "{{{{response}}}}"
+generation_kwargs:
+  until: []
+  max_gen_toks: 32
+  do_sample: false
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+@pytest.fixture(scope="module")
+def native(demo_run):
+    _, run = demo_run
+    model, tokenizer, context_len, _ = load_run(run, device="cpu")
+    return SimpleEngine(model, tokenizer, context_len, compile=False)
+
+
+def test_custom_task_agrees_item_for_item_with_the_native_harness(demo_run, native, tmp_path):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    data, _ = demo_run
+    rows = [json.loads(line) for line in (data / "heldout.jsonl").read_text().splitlines()]
+    (tmp_path / "demo_heldout.yaml").write_text(TASK.format(heldout=data / "heldout.jsonl"))
+    out = lm_eval.simple_evaluate(model=HrmTextLM(engine=native, batch_size=8), tasks=["demo_heldout"],
+                                  task_manager=TaskManager(include_path=str(tmp_path)), log_samples=True)
+    samples = sorted(out["samples"]["demo_heldout"], key=lambda s: s["doc_id"])
+    assert len(samples) == len(rows)
+
+    own = NativeEngine(native).generate([r["instruction"] for r in rows], "direct", 32, 0.0, 1, 8)
+    assert [s["filtered_resps"][0] for s in samples] == [texts[0] for texts in own]
+    verdicts = [s["exact_match"] for s in samples]
+    assert verdicts == [float(texts[0].strip() == r["response"].strip()) for texts, r in zip(own, rows)]
+    accuracy = heldout_accuracy(native, rows, batch_size=8)
+    assert out["results"]["demo_heldout"]["exact_match,none"] == pytest.approx(accuracy)
+    assert 0 < sum(verdicts) < len(rows)  # a partly trained model: the comparison is not vacuous
+
+
+def test_loglikelihood_equals_the_exports_prefix_lm_forward(demo_run, native, tmp_path):
+    from lm_eval.api.instance import Instance
+    from transformers import AutoModelForCausalLM
+
+    from conversion.convert_to_hf import convert
+
+    _, run = demo_run
+    export = convert(run, tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(export).eval()
+    lm = HrmTextLM(engine=native, batch_size=2)
+    pairs = [("add 12 34", "46"), ("reverse 9081", "1809"), ("sort 5129", "1259")]
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+    got = lm.loglikelihood(requests)
+    # `pretrained=EXPORT` (the Transformers engine) scores and generates as the run does.
+    on_export = HrmTextLM(pretrained=str(export), device="cpu")
+    assert [g for g, _ in on_export.loglikelihood(requests)] == pytest.approx([g for g, _ in got], abs=1e-3)
+    generate = [Instance("generate_until", {}, (context, {"until": ["9"], "max_gen_toks": 8}), i)
+                for i, (context, _) in enumerate(pairs)]
+    assert on_export.generate_until(generate) == lm.generate_until(generate)
+    for (context, continuation), (logprob, greedy) in zip(pairs, got):
+        prompt = native.encode_prompt(context, "direct")
+        response = native.tokenizer.encode_batch([continuation])[0]
+        ids = torch.tensor([prompt + response])
+        token_type_ids = torch.zeros_like(ids)
+        token_type_ids[0, :len(prompt)] = 1  # the prompt bidirectional, the response causal
+        with torch.no_grad():
+            logits = hf(input_ids=ids, token_type_ids=token_type_ids).logits[0].double().log_softmax(-1)
+        steps = logits[len(prompt) - 1:-1]
+        expected = steps.gather(-1, torch.tensor(response)[:, None]).sum().item()
+        assert logprob == pytest.approx(expected, abs=1e-3)
+        assert greedy == bool((steps.argmax(-1) == torch.tensor(response)).all())
