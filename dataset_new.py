@@ -1,4 +1,4 @@
-"""PrefixLM packed batches over a sampled dataset (DESIGN.md §2): the one home of the packing format.
+"""PrefixLM packed batches over a sampled dataset (docs/DESIGN.md, "Data format"): the one home of the packing format.
 
 Packing a sample with instruction `i` and response `o` (PrefixLM, task completion):
   inputs        i ++ o[:-1]                              (len(i) + len(o) - 1 tokens)

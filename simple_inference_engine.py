@@ -1,4 +1,4 @@
-"""Checkpoint loader and batched generation with a static KV cache (DESIGN.md §6).
+"""Checkpoint loader and batched generation with a static KV cache (docs/DESIGN.md, "Inference, evaluation and export").
 
     python simple_inference_engine.py generate --run RUN_DIR --prompt "1 2 + 3 4 =" [--condition direct]
     python simple_inference_engine.py heldout --run RUN_DIR --heldout demo_data/heldout.jsonl

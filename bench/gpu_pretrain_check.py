@@ -8,7 +8,7 @@ The dataset is learnable but synthetic: instruction tokens are Zipf-distributed 
 vocabulary; the response repeats the instruction's text tokens (so the loss falls below the
 unigram entropy once the model learns to copy through attention). Sample lengths are lognormal
 (median 300) clipped to the context, the instruction/response split uniform. Same on-disk format
-as data_io's sampled output (DESIGN.md §2).
+as data_io's sampled output (docs/DESIGN.md, "Data format").
 """
 
 import argparse

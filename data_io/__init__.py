@@ -3,7 +3,7 @@
 Steps, each runnable as `python -m data_io.<name> --help`:
   train_tokenizer   byte-level BPE with the special tokens (text_tokenizer.py)
   tokenize          one folder of token/span arrays per source file
-  sample_tokenized  the sampled dataset of DESIGN.md §2 (metadata.json, tokens.npy, epoch_{e}/)
+  sample_tokenized  the sampled dataset of docs/DESIGN.md, "Data format" (metadata.json, tokens.npy, epoch_{e}/)
   demo              the embedded synthetic corpus, run through the three steps above
 The packing of a sampled dataset into training batches lives in dataset_new.py.
 """

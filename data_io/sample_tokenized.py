@@ -1,4 +1,4 @@
-"""Sample tokenized folders into the training dataset of DESIGN.md §2 (OmegaConf key=value CLI).
+"""Sample tokenized folders into the training dataset of docs/DESIGN.md, "Data format" (OmegaConf key=value CLI).
 
     python -m data_io.sample_tokenized tokenized_path=tokenized/ output_path=/dev/shm/sampled \\
         epochs=4 seed=0 context_size=4096 min_resp_length=2 prefix_config_path=rules.yaml

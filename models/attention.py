@@ -1,4 +1,4 @@
-"""Attention semantics of hrm-text, in one place (DESIGN.md §3), and the kernels that compute them.
+"""Attention semantics of hrm-text, in one place (docs/DESIGN.md, "Attention semantics"), and the kernels that compute them.
 
 A packed batch is one token axis of length L holding samples back to back. Sample i occupies
 [cu_seqlens[i], cu_seqlens[i+1]); its first prefix_lens[i] tokens are the prefix (instruction), the
@@ -53,10 +53,8 @@ BACKENDS = ("sdpa", "varlen", "fa3", "flex", "flex_fa4")
 # The flex_attention backends and their kernel_options: torch's own Triton kernels, or FlashAttention 4's.
 _FLEX_KERNELS = {"flex": None, "flex_fa4": {"BACKEND": "FLASH"}}
 ATTN_TYPES = ("prefixlm", "causal")
-# Fastest first, as measured on an H100 (bench/RESULTS.md §2, §13): on prefix-LM batches compiled flex
-# beats the two-pass varlen by about 3x; fa3 is untested (not installed there). flex_fa4 is not listed:
-# HRM L's step at 2 x 4096 is 5-9% faster with it (per-stack units, §14), but it was not timed so on
-# the packed mix (per block: within 1%, §13), needs its own install, and compiles slowly at first use.
+# Fastest first (docs/DESIGN.md, "Decisions"): on prefix-LM batches compiled flex beats the two-pass
+# varlen. flex_fa4 is not listed: it needs its own install and compiles slowly at first use.
 _AUTO_ORDER = ("flex", "fa3", "varlen", "sdpa")
 
 # torch 2.10 spells causal `is_causal=True`; torch >= 2.11 replaced it with window_size=(-1, 0).
@@ -173,7 +171,7 @@ class PackedLayout:
 
 
 def _may_attend(seg_q, seg_k, prefix_end_q, q_idx, k_idx):
-    """The one definition of who sees whom (DESIGN.md §3), over absolute token indices.
+    """The one definition of who sees whom (docs/DESIGN.md, "Attention semantics"), over absolute token indices.
     The padding tail is given its own segment (and a prefix end at its start), so its rows are
     causal among themselves: never empty, hence never NaN; the backends zero them afterwards."""
     both_in_prefix = (k_idx < prefix_end_q) & (q_idx < prefix_end_q)
@@ -302,7 +300,7 @@ def _flex_block_mask(seg, prefix_end, total_len: int) -> BlockMask:
     from per-tile bounds in O((L / 128)^2) work: empty tiles are skipped, full tiles run without
     mask_mod, partial ones apply it per pair. Evaluating mask_mod over all L x L pairs (what
     create_block_mask does) cost several ms per step eagerly, and compiled, its Triton kernel was
-    still compiling after over a minute at 16384 tokens (bench/RESULTS.md §15).
+    slow to compile at long batches.
 
     Exact for _may_attend because each segment is one contiguous run of tokens and segment ids
     increase along them: a query tile Q and key tile K share a pair that may attend iff their

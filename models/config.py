@@ -1,4 +1,4 @@
-"""Architecture schema: one validated description of a net and its size (DESIGN.md §4).
+"""Architecture schema: one validated description of a net and its size (docs/DESIGN.md, "Model").
 
 Hydra composes `arch/net/<net>.yaml` and `arch/size/<size>.yaml` into the `arch` node; this schema
 validates it. Everything that builds a model (training, inference, export, FLOP counting) reads it.

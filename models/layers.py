@@ -1,5 +1,5 @@
 """Building blocks of every net: weightless RMSNorm, RoPE, gated attention, SwiGLU, the block and
-the stack (DESIGN.md §4). Nothing here knows about parallelism or about packing: attention takes
+the stack (docs/DESIGN.md, "Model"). Nothing here knows about parallelism or about packing: attention takes
 an `AttentionContext` that says how tokens see each other (a packed layout for training, a KV
 cache for generation) and defers to models/attention.py, the one home of attention semantics.
 """
@@ -98,8 +98,7 @@ AttentionContext = PackedContext | CachedContext
 class StaticKVCache:
     """Pre-allocated keys/values for every (module call, layer) of the recurrence: each call of a
     recurrent stack sees different inputs, so each needs its own slot. One [B, T, H, D] tensor per
-    slot: writing into slices of a single big tensor made a compiled decode step copy all of it
-    (26x slower generation on an H100, bench/RESULTS.md)."""
+    slot: writing into slices of a single big tensor made a compiled decode step copy all of it."""
 
     def __init__(self, num_calls: int, layers_per_call: int, batch_size: int, max_len: int,
                  num_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str):

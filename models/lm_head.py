@@ -1,4 +1,4 @@
-"""Loss and metrics of the LM head (DESIGN.md §4).
+"""Loss and metrics of the LM head (docs/DESIGN.md, "Model").
 
 The loss is cross-entropy in fp32 *summed* over valid tokens; the trainer divides it by the
 all-ranks mean of valid-token counts, so that summing gradients over ranks gives the gradient of

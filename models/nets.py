@@ -1,4 +1,4 @@
-"""The six nets (DESIGN.md §4): how stacks are called in sequence and which calls carry gradient.
+"""The six nets (docs/DESIGN.md, "Model"): how stacks are called in sequence and which calls carry gradient.
 
 Every net is a sequence of module calls, each of role "L" or "H". `call_plan(bp_steps)` lists
 them in order with a flag saying whether the call runs with gradient; the rest run under
@@ -14,7 +14,7 @@ them in order with a flag saying whether the call runs with gradient; the rest r
 | ut                   | one, n_layers            | 4 x L                          | last 2                     |
 
 The cycle counts come from arch/net/<net>.yaml; the baselines' gradient rules are fixed here.
-Decisions (DESIGN.md is silent): the TRM nets share one stack between both roles (so
+Decisions (docs/DESIGN.md, "Decisions"): the TRM nets share one stack between both roles (so
 `trm_match_recurrence` matches HRM's executed compute with half its parameters) and inject the
 embedded input into every L call, as TRM does.
 """

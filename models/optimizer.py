@@ -1,4 +1,4 @@
-"""AdamATan2 with an optional parameter EMA kept in the optimizer state (DESIGN.md §5).
+"""AdamATan2 with an optional parameter EMA kept in the optimizer state (docs/DESIGN.md, "Model").
 
 Update per parameter p with gradient g, step t:
     m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2
@@ -47,8 +47,8 @@ def _fused_update():
 
 
 class AdamATan2(torch.optim.Optimizer):
-    """`compile=True` runs the update through torch.compile (one fused kernel per tensor,
-    bench/RESULTS.md); otherwise the same function runs eagerly."""
+    """`compile=True` runs the update through torch.compile (one fused kernel per tensor);
+    otherwise the same function runs eagerly."""
 
     def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.95), weight_decay: float = 0.1,
                  ema_rate: float | None = None, compile: bool = False):

@@ -1,4 +1,4 @@
-"""models/attention.py: every backend computes DESIGN.md §3's masking, checked against the sdpa
+"""models/attention.py: every backend computes the masking of docs/DESIGN.md, "Attention semantics", checked against the sdpa
 reference, which is itself checked against an explicit per-(query, key) loop."""
 
 import math
@@ -36,7 +36,7 @@ def random_qkv(total_len, heads=3, dim=8, dtype=torch.float32, device=CPU, seed=
 
 
 def loop_reference(q, k, v, samples, attn_type):
-    """Explicit loop over (query, key) pairs in float64, straight from the DESIGN.md §3 rule."""
+    """Explicit loop over (query, key) pairs in float64, straight from the rule in docs/DESIGN.md, "Attention semantics"."""
     L, H, D = q.shape
     out = torch.zeros(L, H, D, dtype=torch.float64)
     start = 0
@@ -151,7 +151,7 @@ def test_flex_forward_matches_sdpa_on_cpu(attn_type):
 
 
 def dense_rule(samples, total_len, attn_type):
-    """bool [L, L]: which keys each query may see, straight from DESIGN.md §3 (the padding tail is
+    """bool [L, L]: which keys each query may see, straight from docs/DESIGN.md, "Attention semantics" (the padding tail is
     causal among itself)."""
     allowed = torch.zeros(total_len, total_len, dtype=torch.bool)
     start = 0

@@ -1,4 +1,4 @@
-"""Model behaviour against independent references: hand-written gradient routes from DESIGN.md §4,
+"""Model behaviour against independent references: hand-written gradient routes from docs/DESIGN.md, "Model",
 a float64 recomputation of the loss, and a KV-cache decode against one packed forward."""
 
 import math
@@ -69,7 +69,7 @@ def test_cpu_sizes_forward_backward(net, size):
     assert model.net.z_L_init.grad is None  # a buffer, never trained
 
 
-# Gradient routes written out by hand from DESIGN.md §4 (1 = the call carries gradient).
+# Gradient routes written out by hand from docs/DESIGN.md, "Model" (1 = the call carries gradient).
 HRM_ROUTES = {  # calls: L L L H L L L H
     2: [0, 0, 0, 0, 0, 0, 1, 1],
     3: [0, 0, 0, 1, 0, 0, 1, 1],

@@ -28,7 +28,7 @@ def cpu_mesh():
 @pytest.mark.parametrize("unit", ["stack", "block"])
 def test_sharded_bf16_forward_equals_the_plain_bf16_model(one_rank_group, unit):
     """FSDP2's mixed precision casts the fp32 master weights to bf16 and must leave the rest alone:
-    RoPE tables are fp32 (DESIGN.md §4; a Block receives them as inputs), so the wrapped model's
+    RoPE tables are fp32 (docs/DESIGN.md, "Model"; a Block receives them as inputs), so the wrapped model's
     logits equal, bit for bit, those of a bf16 copy of the model run without FSDP."""
     arch = tiny_arch("hrm")
     torch.manual_seed(0)

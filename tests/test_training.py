@@ -1,6 +1,6 @@
 """pretrain.py end to end on CPU: distributed equivalence (torchrun + gloo + FSDP2 against one
 process), compiled against eager, exact resume after SIGKILL, SFT from EMA weights, W&B without
-credentials, and clear errors for bad configurations. Datasets are written by hand in the DESIGN.md §2 format."""
+credentials, and clear errors for bad configurations. Datasets are written by hand in the format of docs/DESIGN.md, "Data format"."""
 
 import json
 import os
