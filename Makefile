@@ -30,7 +30,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/multipack_bench.py
-	@echo "GPU benchmarks (run on a GPU machine): bench/attention_check.py, bench/train_throughput.py"
+	@echo "GPU benchmarks (run on a GPU machine): see bench/README.md"
 
 table: setup
 	$(PY) -m training.model_table
