@@ -51,7 +51,7 @@ class SimpleEngine:
         self.tokenizer = tokenizer
         self.context_len = context_len
         self.device = model.lm_head.weight.device
-        self.eoa = tokenizer.special_ids["<|eoa|>"]
+        self.eoa = tokenizer.eoa_id
         self.stats = GenerationStats()
         use_compile = self.device.type == "cuda" if compile is None else compile
         self._forward = torch.compile(model, dynamic=False) if use_compile else model

@@ -109,7 +109,7 @@ def main() -> None:
     model.init_weights()
     with torch.no_grad():
         model.lm_head.weight[SPECIAL["<|eoa|>"]] = 0  # eoa never wins the argmax: full-length generations
-    config = hf_config(arch, vocab, args.context, SPECIAL)
+    config = hf_config(arch, vocab, args.context, SPECIAL["<|boq|>"], SPECIAL["<|eoa|>"], SPECIAL["<|pad|>"])
     config._attn_implementation = "sdpa"
     peer = HrmTextForCausalLM(config)
     missing, unexpected = peer.load_state_dict(hf_state_dict(model), strict=False)

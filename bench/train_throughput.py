@@ -376,7 +376,7 @@ def run_peer(args, d, arch, shape: str, tokens: int):
     vocab = model_vocab_size(TOKENIZER_VOCAB if not args.cpu else 500)
     context = args.context
     rng = np.random.default_rng(1234)
-    config = hf_config(arch, vocab, context, {"<|boq|>": 1, "<|eoa|>": 3, "<|pad|>": 0})
+    config = hf_config(arch, vocab, context, bos_token_id=1, eos_token_id=3, pad_token_id=0)
     config._attn_implementation = "sdpa"
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)

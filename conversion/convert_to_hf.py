@@ -73,7 +73,7 @@ def hf_state_dict(model) -> dict[str, torch.Tensor]:
     return {k: v.contiguous().clone() for k, v in out.items()}
 
 
-def hf_config(arch, vocab_size: int, context_len: int, special_ids: dict):
+def hf_config(arch, vocab_size: int, context_len: int, bos_token_id: int, eos_token_id: int, pad_token_id: int | None):
     from transformers import HrmTextConfig
 
     stack = arch.stack("L")
@@ -86,14 +86,17 @@ def hf_config(arch, vocab_size: int, context_len: int, special_ids: dict):
         H_cycles=arch.H_cycles if is_hrm else 1, L_cycles=arch.L_cycles if is_hrm else 0,
         initializer_range=1.0 / arch.hidden_size ** 0.5, embedding_scale=float(arch.hidden_size ** 0.5),
         prefix_lm=arch.attn_type == "prefixlm", tie_word_embeddings=False,
-        bos_token_id=special_ids["<|boq|>"], eos_token_id=special_ids["<|eoa|>"], pad_token_id=special_ids["<|pad|>"],
+        bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
     )
 
 
 def export_tokenizer(tokenizer, out_dir: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
-    specials = dict(bos_token="<|boq|>", eos_token="<|eoa|>", pad_token="<|pad|>")
+    # The run's tokenizer_info names the strings; a data_io one has no pad (generation pads with eoa).
+    specials = dict(bos_token=tokenizer.boq, eos_token=tokenizer.eoa)
+    if tokenizer.pad is not None:
+        specials["pad_token"] = tokenizer.pad
     if tokenizer.kind == "hf":
         fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend, **specials)
     else:
@@ -119,25 +122,23 @@ def export_tokenizer(tokenizer, out_dir: Path) -> None:
         raise RuntimeError(f"exported tokenizer's special-token ids {exported} differ from the run's "
                            f"{tokenizer.special_ids}; the export would feed the model wrong tokens")
     fast.save_pretrained(str(out_dir))
-    prompt = {"boq": "<|boq|>", "eoq": "<|eoq|>", "eoa": "<|eoa|>", "pad": "<|pad|>",
-              "condition_mapping": {c: f"<|{c}|>" for c in tokenizer.conditions},
-              "special_token_ids": tokenizer.special_ids}
+    prompt = {k: v for k, v in tokenizer.info().items() if k not in ("kind", "vocab_size", "tokenizer_path")}
     (out_dir / "hrm_text_conditions.json").write_text(json.dumps(prompt, indent=1))
 
 
 def convert(ckpt_path, out_dir, ckpt_epoch=None, use_ema=True, tokenizer_path=None) -> Path:
     from safetensors.torch import save_file
 
-    from data_io.text_tokenizer import load_tokenizer
+    from data_io.text_tokenizer import tokenizer_from_info
     from training.run_dir import load_run
 
     model, tokenizer, context_len, checkpoint = load_run(ckpt_path, ckpt_epoch, use_ema=use_ema)
     check_exportable(model.arch)
-    if tokenizer_path:
-        tokenizer = load_tokenizer(tokenizer_path)
+    if tokenizer_path:  # with the run's special-token strings
+        tokenizer = tokenizer_from_info(tokenizer.info(), Path(ckpt_path), override=tokenizer_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = hf_config(model.arch, model.vocab_size, context_len, tokenizer.special_ids)
+    config = hf_config(model.arch, model.vocab_size, context_len, tokenizer.boq_id, tokenizer.eoa_id, tokenizer.pad_id)
     config.architectures = ["HrmTextForCausalLM"]
     config.save_pretrained(str(out_dir))
     save_file(hf_state_dict(model), str(out_dir / "model.safetensors"), metadata={"format": "pt"})

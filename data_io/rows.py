@@ -9,21 +9,22 @@ from pathlib import Path
 from typing import Iterator
 
 from data_io import DataError
-from data_io.text_tokenizer import STRUCTURE_TOKENS, condition_token
 
 SOURCE_SUFFIXES = (".jsonl", ".parquet")
 DEFAULT_CONDITION = "direct"
 
 
 def find_sources(paths: list[str]) -> list[tuple[Path, str]]:
-    """(file, name) per source file; folders are searched recursively and `name` is the path below
-    the given folder (a file given directly is named by its file name). Sorted by name."""
+    """(file, name) per source file, sorted by name. Folders are searched recursively; `name` is the
+    path below the given folder with `/` flattened to `__` as data_io names its tokenized folders
+    ("SYNTH/part1.jsonl" -> "SYNTH__part1.jsonl"), so prefix rules like `SYNTH__` match. A file
+    given directly is named by its file name."""
     found: dict[str, Path] = {}
     for given in map(Path, paths):
         if given.is_file():
             files = [(given, given.name)]
         elif given.is_dir():
-            files = [(f, f.relative_to(given).as_posix()) for f in given.rglob("*")
+            files = [(f, f.relative_to(given).as_posix().replace("/", "__")) for f in given.rglob("*")
                      if f.is_file() and f.suffix in SOURCE_SUFFIXES]
         else:
             raise DataError(f"{given}: no such file or folder; pass JSONL/Parquet files or folders")
@@ -49,10 +50,6 @@ def parse_conditions(value, where: str) -> list[str]:
     else:
         raise DataError(f"{where}: field 'condition' must be a comma list string or a list of "
                         f"strings, got {value!r}")
-    reserved = [c for c in names if condition_token(c) in STRUCTURE_TOKENS]
-    if reserved:
-        raise DataError(f"{where}: condition {reserved} names a structure token ({', '.join(STRUCTURE_TOKENS)}); "
-                        "pick another condition name")
     return names or [DEFAULT_CONDITION]
 
 

@@ -4,11 +4,17 @@
     python -m data_io.tokenize --inputs corpus/ --tokenizer tiktoken:cl100k_base --out tokenized/
 
 Output: OUT/tokenizer_info.json (see data_io/text_tokenizer.py; HF tokenizers are copied to
-OUT/tokenizer.json) and, per source file NAME (its path below the given folder), OUT/NAME/ holding
+OUT/tokenizer.json) and, per source file NAME (its path below the given folder with `/` flattened
+to `__`, as data_io names them: SYNTH/part1.jsonl -> SYNTH__part1.jsonl), OUT/NAME/ holding
 tokens.npy and inst_start/inst_len/resp_start/resp_len.npy (a row's instruction
 `boq + condition tokens + text + eoq` is followed by its response `text + eoa` in tokens.npy), plus
 source.json. Incremental: a source whose size, mtime and tokenizer are unchanged is skipped; output
 folders of sources no longer given are removed. Encoding runs on all cores.
+
+The special tokens: --boq/--eoq/--eoa/--pad and --conditions name the strings (as data_io's
+tokenizer takes them); by default a tokenizer's own set is used, ours (<|boq|> <|eoq|> <|eoa|>
+<|pad|>, <|NAME|> per condition) or else data_io's (<|im_start|> <|im_end|> <|box_end|>,
+direct=<|object_ref_start|> cot=<|object_ref_end|> noisy=<|quad_start|> synth=<|quad_end|>).
 """
 
 import argparse
@@ -23,15 +29,20 @@ from tqdm import tqdm
 from data_io import DataError
 from data_io.rows import count_lines, find_sources, read_rows
 from data_io.spans import save_spans, token_dtype
-from data_io.text_tokenizer import EOA, TextTokenizer, load_tokenizer
+from data_io.text_tokenizer import TextTokenizer, load_tokenizer, parse_condition_mapping
 
 ENCODE_BATCH_ROWS = 4096
 
 
-def tokenize(inputs: list[str], tokenizer, out_dir: str, conditions: list[str] | None = None) -> dict:
-    """`tokenizer`: see load_tokenizer (path, "tiktoken:NAME" or a tiktoken.Encoding).
-    Returns counts {"tokenized": n, "skipped": n, "pruned": n}."""
-    tok = load_tokenizer(tokenizer, conditions)
+def tokenize(inputs: list[str], tokenizer, out_dir: str, conditions: list[str] | None = None,
+             specials: dict | None = None) -> dict:
+    """`tokenizer`: see load_tokenizer (path, "tiktoken:NAME" or a tiktoken.Encoding); `conditions`:
+    NAME or NAME=TOKEN items; `specials`: role strings {"boq", "eoq", "eoa", "pad"} (defaults: see
+    the module docstring). Returns counts {"tokenized": n, "skipped": n, "pruned": n}."""
+    specials = dict(specials or {})
+    if conditions:
+        specials["condition_mapping"] = parse_condition_mapping(conditions)
+    tok = load_tokenizer(tokenizer, specials)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = tok.info()
@@ -74,7 +85,7 @@ def _read_record(folder: Path) -> dict | None:
 
 
 def _tokenize_file(file: Path, name: str, tok: TextTokenizer, target: Path, record: dict) -> None:
-    eoa = tok.special_ids[EOA]
+    eoa = tok.eoa_id
     pieces: list[np.ndarray] = []
     inst_len: list[int] = []
     resp_len: list[int] = []
@@ -85,6 +96,10 @@ def _tokenize_file(file: Path, name: str, tok: TextTokenizer, target: Path, reco
         resp_ids = tok.encode_batch([b[2] for b in batch])
         for (where, _, _, conds), i_ids, r_ids in zip(batch, inst_ids, resp_ids):
             unknown = [c for c in conds if c not in tok.conditions]
+            roles = [c for c in unknown if tok.role_of(c)]
+            if roles:
+                raise DataError(f"{where}: condition {roles} names a structure token ({tok.role_of(roles[0])}); "
+                                "pick another condition name")
             if unknown:
                 raise DataError(f"{where}: condition {unknown} has no token in this tokenizer (it knows "
                                 f"{tok.conditions}); fix the row, or retrain the tokenizer with the "
@@ -126,13 +141,17 @@ def main(argv=None):
                         help="tokenizer.json (or its folder) from data_io.train_tokenizer, or tiktoken:NAME "
                              "(offline: loaded from TIKTOKEN_CACHE_DIR)")
     parser.add_argument("--out", required=True, help="output folder")
+    for role in ("boq", "eoq", "eoa", "pad"):
+        parser.add_argument(f"--{role}", default=None, help=f"the {role} token string (default: see above)")
     parser.add_argument("--conditions", default=None,
-                        help="tiktoken only: comma list of condition names that get a token, appended "
-                             "after boq/eoq/eoa/pad (default direct,cot,synth)")
+                        help="comma list of NAME=TOKEN (data_io's form, e.g. direct=<|object_ref_start|>) or NAME "
+                             "(token <|NAME|>); tiktoken appends these tokens after boq/eoq/eoa/pad "
+                             "(default direct,cot,noisy,synth)")
     args = parser.parse_args(argv)
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()] if args.conditions else None
+    specials = {r: getattr(args, r) for r in ("boq", "eoq", "eoa", "pad") if getattr(args, r)}
     try:
-        tokenize(args.inputs, args.tokenizer, args.out, conditions)
+        tokenize(args.inputs, args.tokenizer, args.out, conditions, specials)
     except DataError as err:
         raise SystemExit(f"error: {err}") from None
 

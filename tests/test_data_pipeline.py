@@ -91,7 +91,7 @@ def test_round_trip_hf(tmp_path, corpus):
     root, rows = corpus
     tok_file = train_tokenizer([str(root)], str(tmp_path / "tok"), vocab_size=400, conditions=["direct", "cot"])
     tokenize([str(root)], str(tok_file), str(tmp_path / "tokenized"))
-    for name in ("web/a.jsonl", "b.parquet"):
+    for name in ("web__a.jsonl", "b.parquet"):
         assert {p.name for p in (tmp_path / "tokenized" / name).iterdir()} >= {
             "tokens.npy", "inst_start.npy", "inst_len.npy", "resp_start.npy", "resp_len.npy"}
     assert (tmp_path / "tokenized" / "tokenizer_info.json").is_file()
@@ -168,18 +168,19 @@ def test_prefix_rules_and_counted_policies(tmp_path, capsys):
     tok_file = train_tokenizer([str(root)], str(tmp_path / "tok"), vocab_size=300)
     tokenize([str(root)], str(tok_file), str(tmp_path / "tokenized"))
     rules = tmp_path / "rules.yaml"
-    rules.write_text("- prefix: long/\n  long_context: truncate\n  repeat: 2\n")
+    rules.write_text("- prefix: long__\n  long_context: drop\n  repeat: 2\n")
     report = sample(SampleConfig(tokenized_path=str(tmp_path / "tokenized"), output_path=str(tmp_path / "s"),
                                  epochs=1, context_size=20, prefix_config_path=str(rules)))
     by_source = {r["source"]: r for r in report["sources"]}
-    assert (by_source["long/x.jsonl"]["empty_response"], by_source["long/x.jsonl"]["truncated"],
-            by_source["long/x.jsonl"]["kept"], by_source["long/x.jsonl"]["samples_per_epoch"]) == (1, 1, 2, 4)
-    assert (by_source["plain.jsonl"]["too_long_dropped"], by_source["plain.jsonl"]["kept"]) == (1, 1)
-    assert "| long/x.jsonl | long/ |" in capsys.readouterr().out
+    # data_io's rules: `drop` drops the long row, the default (truncate) cuts its response to fit.
+    long, plain = by_source["long__x.jsonl"], by_source["plain.jsonl"]
+    assert (long["short_response_dropped"], long["too_long_dropped"], long["kept"], long["rows_per_epoch"]) == (1, 1, 1, 2)
+    assert (plain["short_response_dropped"], plain["truncated"], plain["kept"], plain["rows_per_epoch"]) == (1, 1, 2, 2)
+    assert "| **long__x.jsonl** | long__ |" in capsys.readouterr().out
     e = {k: np.load(tmp_path / "s" / "epoch_0" / f"{k}.npy") for k in ("inst_len", "resp_len")}
-    assert len(e["inst_len"]) == 5 and (e["inst_len"] + e["resp_len"]).max() == 20
+    assert len(e["inst_len"]) == 4 and (e["inst_len"] + e["resp_len"]).max() == 20
     # A context too small for every sample is an error naming the knob, not an empty dataset.
-    with pytest.raises(DataError, match=r"no sample is kept .*raise context_size"):
+    with pytest.raises(DataError, match=r"no row is drawn .*raise context_size"):
         sample(SampleConfig(tokenized_path=str(tmp_path / "tokenized"), output_path=str(tmp_path / "s3"),
                             epochs=1, context_size=3))
 
@@ -195,7 +196,7 @@ def test_incremental_tokenize(tmp_path, corpus):
     (root / "b.parquet").unlink()
     assert tokenize([str(root)], str(tok_file), out) == {"tokenized": 1, "skipped": 0, "pruned": 1}
     assert not (tmp_path / "tokenized" / "b.parquet").exists()
-    assert len(np.load(tmp_path / "tokenized" / "web" / "a.jsonl" / "inst_len.npy")) == 41
+    assert len(np.load(tmp_path / "tokenized" / "web__a.jsonl" / "inst_len.npy")) == 41
 
 
 def test_bad_rows_named_with_line(tmp_path, tokenized):
@@ -240,7 +241,7 @@ def test_special_token_strings_in_text_stay_text(tokenized):
 
 def test_bad_tokenized_arrays_named(tmp_path, tokenized):
     src, _ = tokenized
-    folder = src / "web" / "a.jsonl"
+    folder = src / "web__a.jsonl"
     cfg = SampleConfig(tokenized_path=str(src), output_path=str(tmp_path / "s"))
     np.save(folder / "inst_len.npy", np.load(folder / "inst_len.npy")[:-1])
     with pytest.raises(DataError, match=r"a.jsonl: span arrays have unequal lengths"):

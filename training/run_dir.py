@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import yaml
 
-from data_io.text_tokenizer import TextTokenizer, load_tokenizer
+from data_io.text_tokenizer import TextTokenizer, tokenizer_file, tokenizer_from_info
 from models.config import ArchConfig
 from models.model import LanguageModel, model_vocab_size
 from training import checkpoint as ckpt
@@ -70,16 +70,11 @@ def copy_tokenizer(tokenizer_info: dict, dataset_path: Path, tok_dir: Path) -> N
     """The tokenizer travels with the run, so evaluation and export work once /dev/shm is wiped.
     A relative tokenizer_path is relative to the dataset; tiktoken names are kept as they are."""
     info = dict(tokenizer_info)
-    source = Path(info.get("tokenizer_path", ""))
-    if not source.is_absolute():
-        source = dataset_path / source
+    source = tokenizer_file(info, dataset_path)
     tok_dir.mkdir(exist_ok=True)
-    if source.is_dir():
-        shutil.copytree(source, tok_dir, dirs_exist_ok=True)
-        info["tokenizer_path"] = TOKENIZER_DIR
-    elif source.is_file():
-        shutil.copy2(source, tok_dir / source.name)
-        info["tokenizer_path"] = f"{TOKENIZER_DIR}/{source.name}"
+    if source is not None:
+        shutil.copy2(source, tok_dir / "tokenizer.json")
+        info["tokenizer_path"] = f"{TOKENIZER_DIR}/tokenizer.json"
     (tok_dir / TOKENIZER_INFO).write_text(json.dumps(info, indent=1))
 
 
@@ -116,9 +111,7 @@ def load_run(run_dir: str | Path, ckpt_epoch: int | None = None, ckpt_step: int 
     arch = read_arch(read_config(run_dir), arch_override)
     meta = json.loads((run_dir / DATASET_METADATA).read_text())
     info = json.loads((run_dir / TOKENIZER_DIR / TOKENIZER_INFO).read_text())
-    path = info["tokenizer_path"]
-    tokenizer = load_tokenizer(path if path.startswith("tiktoken:") else str(run_dir / path),
-                               list(info["condition_mapping"]))
+    tokenizer = tokenizer_from_info(info, run_dir)
     model = LanguageModel(arch, model_vocab_size(info["vocab_size"]))
     checkpoint = ckpt.find_checkpoint(run_dir, ckpt_epoch, ckpt_step)
     ckpt.load_model_weights(checkpoint, model, use_ema=use_ema)
