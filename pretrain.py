@@ -122,7 +122,7 @@ def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
 
 def new_optimizer(cfg: TrainConfig, model: LanguageModel) -> AdamATan2:
     return AdamATan2(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
-                     ema_rate=cfg.ema_rate, compile=model.compiled_loss)
+                     ema=cfg.ema, compile=model.compiled_loss)
 
 
 def set_up(cfg: TrainConfig, d: Dist) -> tuple[Run, Path | None]:

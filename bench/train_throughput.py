@@ -149,7 +149,7 @@ def run_ours(args, d, arch, shape: str, tokens: int, backend: str, memory_budget
     model.init_weights()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     parallelize(model, dtype, unit=args.unit, compile=not args.cpu, activation_memory_budget=memory_budget)
-    optimizer = AdamATan2(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, ema_rate=0.9999,
+    optimizer = AdamATan2(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, ema=0.9999,
                           compile=not args.cpu)
     bp = arch.bp_max_steps
 

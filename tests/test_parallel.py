@@ -103,7 +103,7 @@ def test_sharded_training_matches_the_plain_model(one_rank_group, unit, unit_cla
     units = [m for m in sharded.modules() if isinstance(m, unit_class)]
     wrapped = [m for m in sharded.modules() if isinstance(m, FSDPModule)]
     assert units and all(isinstance(m, FSDPModule) for m in units) and len(wrapped) == len(units) + 1
-    optimizers = [AdamATan2(m.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, ema_rate=None)
+    optimizers = [AdamATan2(m.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, ema=None)
                   for m in (plain, sharded)]
     g = torch.Generator().manual_seed(0)
     ids, pos, cu, pre = packed_inputs([9, 5, 7], [4, 1, 3], 24, 512, g)

@@ -151,7 +151,7 @@ def test_resume_after_sigkill_is_exact(mixed_lengths, tmp_path):
 
 def test_sft_starts_from_ema_weights(mixed_lengths, tmp_path):
     base = tmp_path / "base"
-    pretrain([f"data.path={mixed_lengths}", "global_batch_size=256", "max_steps=4", "ema_rate=0.5",
+    pretrain([f"data.path={mixed_lengths}", "global_batch_size=256", "max_steps=4", "ema=0.5",
               f"checkpoint_path={base}"])
     sft = tmp_path / "sft"
     # lr=0: the first SFT step leaves the weights where SFT started
@@ -217,26 +217,26 @@ def test_loading_a_checkpoint_keeps_the_configured_hyperparameters(one_rank_grou
     stay those of the optimizer it is loaded into (the resumed run's config)."""
     torch.manual_seed(0)
     saved_model = torch.nn.Linear(4, 3)
-    saved_opt = AdamATan2(saved_model.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, ema_rate=0.9)
+    saved_opt = AdamATan2(saved_model.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, ema=0.9)
     saved_model(torch.randn(2, 4)).sum().backward()
     saved_opt.step()
     ckpt.save_checkpoint(tmp_path / "ck", saved_model, saved_opt, {"step": 1})
     model = torch.nn.Linear(4, 3)
-    opt = AdamATan2(model.parameters(), lr=5e-3, betas=(0.8, 0.99), weight_decay=0.0, ema_rate=0.5)
+    opt = AdamATan2(model.parameters(), lr=5e-3, betas=(0.8, 0.99), weight_decay=0.0, ema=0.5)
     ckpt.load_checkpoint(tmp_path / "ck", model, opt)
     assert torch.equal(model.weight, saved_model.weight)
     for p, saved_p in zip(model.parameters(), saved_model.parameters()):
-        for key in ("step", "exp_avg", "exp_avg_sq", "ema"):
+        for key in ("step", "exp_avg", "exp_avg_sq", "param_ema"):
             assert torch.equal(opt.state[p][key], saved_opt.state[saved_p][key]), key
     group = opt.param_groups[0]
-    assert (group["lr"], group["betas"], group["weight_decay"], group["ema_rate"]) == (5e-3, (0.8, 0.99), 0.0, 0.5)
+    assert (group["lr"], group["betas"], group["weight_decay"], group["ema"]) == (5e-3, (0.8, 0.99), 0.0, 0.5)
 
 
 def test_resume_refuses_another_architecture_or_switching_the_ema(mixed_lengths, tmp_path):
     run = tmp_path / "run"
     pretrain([f"data.path={mixed_lengths}", "global_batch_size=256", "max_steps=1", f"checkpoint_path={run}"])
     for override, expected in (("arch.n_layers=2", "arch.n_layers: run has 4, config has 2"),
-                               ("ema_rate=null", "ema_rate: run has 0.9999, config has None")):
+                               ("ema=null", "ema: run has 0.9999, config has None")):
         result = pretrain([f"data.path={mixed_lengths}", f"resume_from={run}", override], check=False)
         assert result.returncode != 0
         assert expected in result.stdout + result.stderr

@@ -103,14 +103,14 @@ def load_model_weights(path: Path, model, use_ema: bool = True) -> None:
     model_sd = model.state_dict()
     state = {}
     for name, tensor in model_sd.items():
-        ema_key = f"optim.state.{name}.ema"
+        ema_key = f"optim.state.{name}.param_ema"
         state[ema_key if use_ema and ema_key in keys else f"model.{name}"] = torch.empty_like(tensor)
     with warnings.catch_warnings():  # single-process load is the intent here, not a mistake
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(state, storage_reader=reader, no_dist=True)
     with torch.no_grad():
         for name, tensor in model_sd.items():
-            ema_key = f"optim.state.{name}.ema"
+            ema_key = f"optim.state.{name}.param_ema"
             tensor.copy_(state[ema_key] if ema_key in state else state[f"model.{name}"])
 
 

@@ -43,7 +43,7 @@ class TrainConfig(BaseModel):
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
-    ema_rate: float | None = 0.9999
+    ema: float | None = 0.9999  # the parameter EMA rate; None: no EMA
     grad_clip: float | None = Field(None, gt=0)  # max global gradient norm; None: not clipped
     seed: int = 0
 
@@ -75,8 +75,8 @@ class TrainConfig(BaseModel):
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0.0 <= self.activation_memory_budget <= 1.0:
             raise ValueError(f"activation_memory_budget must lie in [0, 1], got {self.activation_memory_budget}")
-        if self.ema_rate is not None and not 0.0 <= self.ema_rate < 1.0:
-            raise ValueError(f"ema_rate must lie in [0, 1) or be null, got {self.ema_rate}")
+        if self.ema is not None and not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must lie in [0, 1) or be null, got {self.ema}")
         if self.resume_epoch is not None and self.resume_step is not None:
             raise ValueError("give at most one of resume_epoch and resume_step")
         if (self.resume_epoch is not None or self.resume_step is not None) and not self.resume_from:

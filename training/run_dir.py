@@ -83,11 +83,11 @@ def check_resume_compatible(config: dict, resume_dir: Path, weights_only: bool) 
     architecture (the gradient-depth schedule may change), or the EMA
     switched on or off."""
     old = read_config(resume_dir)
-    if not weights_only and (old.get("ema_rate") is None) != (config.get("ema_rate") is None):
+    if not weights_only and (old.get("ema") is None) != (config.get("ema") is None):
         # The EMA lives in the optimizer state: a run without one has none to resume, and a run
         # that stops updating its EMA would keep a stale one that evaluation and export would use.
-        raise RunDirError(f"resume_from={resume_dir}: ema_rate: run has {old.get('ema_rate')!r}, config has "
-                          f"{config.get('ema_rate')!r}; a resume can change the EMA rate but not switch the EMA on or off")
+        raise RunDirError(f"resume_from={resume_dir}: ema: run has {old.get('ema')!r}, config has "
+                          f"{config.get('ema')!r}; a resume can change the EMA rate but not switch the EMA on or off")
     old_arch = read_arch(old).model_dump()
     diffs = [f"arch.{k}: run has {old_arch.get(k)!r}, config has {v!r}" for k, v in config["arch"].items()
              if k not in ArchConfig.schedule_keys() and old_arch.get(k) != v]
