@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from evaluation.benchmarks import ALIASES, BENCHMARKS, Benchmark, canonical_name
 from evaluation.engines import Engine, Generation, build_engine, require_known_condition
+from evaluation.search.benchmarks import load_verifier, search_responses
 
 DEFAULT_CONFIG = Path(__file__).parent / "config" / "default.yaml"
 BENCHMARK_OPTIONS = {  # per-benchmark keys besides generation_config
@@ -24,6 +25,7 @@ Examples:
   python -m evaluation.main ckpt_path=runs/my_run data_dir=/data/eval limit=100
   python -m evaluation.main ckpt_path=runs/my_run config=evaluation/config/hrm_maj_vote_benchmarking.yaml
   python -m evaluation.main ckpt_path=hf_export/ generation_config.max_context=4096
+  python -m evaluation.main ckpt_path=runs/my_run search=beam search.n=16 search.verifier=prm_dir/
 
 Benchmarks: {', '.join(BENCHMARKS)} (aliases: {', '.join(f'{a}={b}' for a, b in ALIASES.items())})
 Keys (OmegaConf dotlist, defaults from {DEFAULT_CONFIG}):
@@ -43,7 +45,8 @@ def load_config(argv: list[str]) -> tuple[DictConfig, DictConfig]:
     benchmarks, as the reference's config files do. The command-line layer is kept apart because
     its generation_config keys override every benchmark.
     """
-    cli = OmegaConf.from_dotlist(argv)
+    # `search=beam` is short for search.method=beam
+    cli = OmegaConf.from_dotlist([f"search.method={a[7:]}" if a.startswith("search=") else a for a in argv])
     defaults = OmegaConf.load(DEFAULT_CONFIG)
     base = defaults
     if cli.get("config"):
@@ -58,6 +61,7 @@ def load_config(argv: list[str]) -> tuple[DictConfig, DictConfig]:
     _check_keys("the config", cfg.keys(), defaults.keys())
     generation_keys = defaults.generation_config.keys()
     _check_keys("generation_config", cfg.generation_config.keys(), generation_keys)
+    _check_keys("search", cfg.search.keys(), defaults.search.keys())
     renamed = {}
     for name, bench in cfg.benchmarks.items():  # aliases (ARC-C) merge into their benchmark's entry
         canonical = canonical_name(name)
@@ -112,6 +116,8 @@ def evaluate(cfg: DictConfig, benchmarks: dict[str, Benchmark], plans: dict[str,
     names = list(benchmarks)
     for plan in plans.values():  # fail before anything is generated
         require_known_condition(plan["condition"], engine.known_conditions())
+    search_cfg = OmegaConf.to_container(cfg.search)
+    verifier = load_verifier(search_cfg) if search_cfg["method"] else None
 
     # Benchmarks with identical generation configs share one engine call, so the engine's batches
     # stay full across benchmark boundaries.
@@ -124,10 +130,15 @@ def evaluate(cfg: DictConfig, benchmarks: dict[str, Benchmark], plans: dict[str,
         # The reference's native engine strips each prompt before wrapping it in boq/eoq.
         prompts = [item.prompt.strip() for name in members for item in benchmarks[name].items]
         print(f"[eval] {', '.join(members)}: {len(prompts)} prompts, {plan}", flush=True)
-        outputs = engine.generate(prompts, condition=plan["condition"], max_new_tokens=plan["max_tokens"],
-                                  temperature=plan["temperature"], num_samples=plan["num_samples"],
-                                  batch_size=plan["batch_size"], seed=cfg.seed,
-                                  max_context=plan["max_context"]) if prompts else []
+        if cfg.search.method and prompts:
+            names_of = [name for name in members for _ in benchmarks[name].items]
+            outputs, compute = search_responses(engine, search_cfg, verifier, plan, prompts, names_of)
+            print(f"[eval] search={cfg.search.method} n={cfg.search.n}: {compute}", flush=True)
+        else:
+            outputs = engine.generate(prompts, condition=plan["condition"], max_new_tokens=plan["max_tokens"],
+                                      temperature=plan["temperature"], num_samples=plan["num_samples"],
+                                      batch_size=plan["batch_size"], seed=cfg.seed,
+                                      max_context=plan["max_context"]) if prompts else []
         if plan["stop"]:
             outputs = [[cut_at_stop(text, plan["stop"]) for text in samples] for samples in outputs]
         if len(outputs) != len(prompts):

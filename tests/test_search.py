@@ -3,6 +3,7 @@ scripted verifier, against picks and counts worked out by hand from the methods'
 
 import pytest
 
+from evaluation.search.compute_optimal import ProblemResult, compute_optimal, difficulty_bins
 from evaluation.search.methods import Completion, SearchConfig, search
 from evaluation.search.verifiers import ProgrammaticVerifier, aggregate, split_steps
 
@@ -40,7 +41,7 @@ def scripted_verifier(step_scores: dict[str, float]) -> ProgrammaticVerifier:
     return ProgrammaticVerifier(lambda problem, previous, step: step_scores[step])
 
 
-def answer_of(text: str):
+def answer_of(problem_index: int, text: str):
     """The answer of a test solution: the number after 'ans', else None."""
     return int(text.rsplit("ans", 1)[1]) if "ans" in text else None
 
@@ -295,3 +296,84 @@ def test_demo_step_task_and_its_step_checker():
         assert 3 <= len(numbers) <= 4 and len(lines) == len(numbers)
         assert lines[-1] == f"answer {sum(numbers)}"
         assert all(check_step(instruction, lines[:k], line) for k, line in enumerate(lines))
+
+
+# ---------------------------------------------------------------- compute-optimal selection
+
+
+def test_difficulty_bins_cut_sorted_pass_rates_into_equal_bins():
+    # ascending pass rate, ties by problem order: 1 (.1), 3 (.1), 2 (.5), 4 (.7), 0 (.9)
+    assert difficulty_bins([0.9, 0.1, 0.5, 0.1, 0.7], 2) == [1, 0, 0, 0, 1]
+    assert difficulty_bins([0.9, 0.1, 0.5, 0.1], 4) == [3, 0, 2, 1]
+
+
+def test_compute_optimal_picks_the_best_method_per_bin_and_budget():
+    r = lambda correct, tokens: ProblemResult(bool(correct), tokens, 10.0 * tokens)
+    results = {
+        "A": {"4": [r(1, 10), r(0, 20), r(1, 30), r(0, 40)], "16": [r(1, 1)] * 4},
+        "B": {"4": [r(0, 1), r(1, 2), r(0, 3), r(0, 4)]},
+    }
+    bins = [1, 0, 1, 0]  # bin 0 (hard): problems 1, 3; bin 1: problems 0, 2
+    # bin 0: A 0 right, B 1 -> B; bin 1: A 2, B 0 -> A. Picked: A, B, A, B -> 1 + 1 + 1 + 0 right,
+    # tokens 10 + 2 + 30 + 4. Budget 16 is not run by every method: left out.
+    assert compute_optimal(results, bins) == {"4": {"accuracy": 0.75, "tokens": 11.5, "flops": 115.0, "choice": ["B", "A"]}}
+    # a tie within a bin goes to the method listed first
+    results["B"]["4"][3] = r(0, 4)
+    results["A"]["4"][1] = r(1, 20)  # bin 0: A 1, B 1
+    assert compute_optimal(results, bins)["4"]["choice"] == ["A", "A"]
+
+
+# ---------------------------------------------------------------- the native engine as the policy
+
+
+@pytest.fixture(scope="module")
+def engine_policy(demo_run):
+    from evaluation.search.policy import EnginePolicy
+    from simple_inference_engine import SimpleEngine
+
+    return EnginePolicy(SimpleEngine.from_checkpoint(demo_run[1], device="cpu"), "direct", batch_size=4)
+
+
+def test_engine_policy_flops_follow_the_counter_by_hand(engine_policy):
+    """tiny HRM: 2 layers per stack, d 128, SwiGLU f 512, H_cycles 2 x (L_cycles 3 + 1) = 8 stack
+    calls per token, forward only. A sequence of S tokens: S x (8 x 2 x (2 (5 d^2 + 3 d f) + 2 d S)
+    + 2 d V)."""
+    d, f, V = 128, 512, engine_policy.engine.model.vocab_size
+    S = 17 + 5
+    per_token = 8 * 2 * (2 * (5 * d * d + 3 * d * f) + 2 * d * S) + 2 * d * V
+    assert engine_policy.flops(17, 5) == S * per_token
+
+
+@pytest.fixture
+def no_eoa(engine_policy):
+    """The model never ends its answer (the barely trained demo model answers in two tokens)."""
+    import torch
+
+    eoa = engine_policy.engine.tokenizer.special_ids["<|eoa|>"]
+    hook = engine_policy.engine.model.lm_head.register_forward_hook(
+        lambda m, i, out: out.index_fill(-1, torch.tensor([eoa]), -1e4))
+    yield
+    hook.remove()
+
+
+def test_engine_policy_continues_prefixes_stops_at_the_delimiter_and_repeats_with_its_seed(engine_policy, no_eoa):
+    problem = "reverse 93021"
+    [full] = engine_policy.complete([(problem, "")], 0.0, [8], None, 0)
+    assert full.finished and full.prompt_tokens == len(engine_policy.engine.encode_prompt(problem, "direct"))
+    assert full.num_tokens == 8
+    # a character from the middle of the answer as the delimiter: the step ends right after its
+    # first occurrence (one character lies within one token)
+    delimiter = full.text[len(full.text) // 2]
+    assert delimiter.isascii()
+    [step] = engine_policy.complete([(problem, "")], 0.0, [8], delimiter, 0)
+    assert not step.finished and step.text == full.text[:full.text.index(delimiter) + len(delimiter)]
+    # continuing the step gives the rest of the greedy generation
+    [rest] = engine_policy.complete([(problem, step.text)], 0.0, [8 - step.num_tokens], None, 0)
+    assert step.text + rest.text == full.text
+    assert rest.prompt_tokens == full.prompt_tokens + step.num_tokens
+    # a sampled beam search repeats exactly with its seed
+    verifier = ProgrammaticVerifier(lambda problem, previous, s: len(s) % 3 / 2)
+    cfg = SearchConfig(method="beam", n=4, width=2, max_new_tokens=8, max_steps=3, step_delimiter=delimiter, seed=1)
+    runs = [search(engine_policy, verifier, [problem, "sort 321"], cfg, answer_of) for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert all(o.compute.tokens > 0 and o.compute.verifier_calls >= 4 for o in runs[0])

@@ -107,10 +107,11 @@ class _Candidate:
 
 
 def search(policy: Policy, verifier: Verifier | None, problems: list[str], cfg: SearchConfig,
-           extract: Callable[[str], Any], equivalent: Callable[[Any, Any], bool] = lambda a, b: a == b,
-           ) -> list[SearchOutcome]:
-    """Run `cfg.method` on every problem. `extract` maps a solution text to its answer (None when
-    it has none); `equivalent` compares answers (majority and weighted best-of-N)."""
+           extract: Callable[[int, str], Any],
+           equivalent: Callable[[int, Any, Any], bool] = lambda i, a, b: a == b) -> list[SearchOutcome]:
+    """Run `cfg.method` on every problem. `extract(i, text)` is the answer of a solution to
+    problem i (None when it has none); `equivalent(i, a, b)` compares two answers to problem i
+    (majority and weighted best-of-N)."""
     if cfg.method in VERIFIED and verifier is None:
         raise ValueError(f"search method {cfg.method} ranks solutions: it needs a verifier")
     if cfg.method in ("beam", "dvts"):
@@ -126,13 +127,14 @@ def search(policy: Policy, verifier: Verifier | None, problems: list[str], cfg: 
         for c in samples:
             compute.add_generation(policy, c)
         texts = [c.text for c in samples]
-        answers = [extract(t) for t in texts]
+        answers = [extract(i, t) for t in texts]
+        same = lambda a, b: equivalent(i, a, b)
         if cfg.method in ("greedy", "majority"):
-            chosen = _majority(answers, equivalent)
+            chosen = _majority(answers, same)
         else:
             scores = _scores(verifier, problem, texts, cfg)
             compute.verifier_calls += len(texts)
-            chosen = _best(scores) if cfg.method == "best_of_n" else _weighted(answers, scores, equivalent)
+            chosen = _best(scores) if cfg.method == "best_of_n" else _weighted(answers, scores, same)
         outcomes.append(SearchOutcome(texts[chosen], answers[chosen], compute))
     return outcomes
 
@@ -243,5 +245,5 @@ def _tree_search(policy, verifier, problems, cfg, extract) -> list[SearchOutcome
     for p in range(len(problems)):
         finals = [c for _, c in sorted(complete[p], key=lambda kc: kc[0])]
         chosen = finals[_best([c.score for c in finals])] if finals else empty
-        outcomes.append(SearchOutcome(chosen.text, extract(chosen.text), computes[p]))
+        outcomes.append(SearchOutcome(chosen.text, extract(p, chosen.text), computes[p]))
     return outcomes
