@@ -131,13 +131,13 @@ def test_evaluation_main_searches_with_a_prm_directory(demo_run, tmp_path, monke
     monkeypatch.setattr(engine, "generate_ids", lambda prompts, *a, **kw: calls.append((len(prompts), a, kw)) or
                         generate_ids(prompts, *a, **kw))
     args = [f"ckpt_path={demo_run[1]}", f"data_dir={Path(__file__).parent / 'fixtures' / 'eval'}", "run_only=[GSM8k]",
-            "limit=2", "generation_config.condition=direct", "generation_config.max_new_tokens=6",
+            "limit=2", "generation_config.condition=direct", "generation_config.max_tokens=6",
             f"results_path={tmp_path / 'results.json'}"]
     report = eval_main.main(args + ["search=beam", "search.n=4", "search.width=2", "search.max_steps=2",
                                     "search.temperature=0.5", f"search.verifier={tmp_path / 'prm'}"], engine=engine)
-    metrics = report["results"]["GSM8k"]["metrics"]
-    assert (metrics["num_items"], metrics["num_samples"]) == (2, 1)
+    assert report["results"]["GSM8k"]["metrics"]["n"] == 2
     assert calls[0][0] == 2 * 4  # round 1: 4 first steps per item
+    assert all(kw["context_len"] == 3072 for _, _, kw in calls)  # the plan's max_context
     assert all(a[1] == 0.5 and kw["stop_ids"] for _, a, kw in calls)
     assert report["config"]["search"]["method"] == "beam"
     with pytest.raises(ValueError, match="search.verifier=PATH"):

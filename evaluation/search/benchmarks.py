@@ -2,7 +2,7 @@
 
 Each benchmark item gets one response, the one the search method picks, and is scored as a
 greedy response would be. The benchmark's generation plan supplies the condition, max_tokens (per
-response) and batch_size; the `search` keys the rest. Majority vote and weighted best-of-N group
+response), max_context and batch_size; the `search` keys the rest. Majority vote and weighted best-of-N group
 responses by answer: the number of a GSM8k or AIME response, the boxed expression of a MATH one,
 else the stripped response text (a multiple-choice letter, a DROP span).
 """
@@ -42,7 +42,7 @@ def search_responses(engine, search_cfg: dict, verifier, plan: dict, prompts: li
     spent, summed over prompts."""
     cfg = SearchConfig(**{k: v for k, v in search_cfg.items() if k not in VERIFIER_KEYS},
                        max_new_tokens=plan["max_tokens"])
-    policy = EnginePolicy(engine, plan["condition"], plan["batch_size"])
+    policy = EnginePolicy(engine, plan["condition"], plan["batch_size"], plan["max_context"])
     outcomes = search(policy, verifier, prompts, cfg, lambda i, text: answer_of(benchmark_names[i], text))
     compute = {"tokens": sum(o.compute.tokens for o in outcomes),
                "verifier_calls": sum(o.compute.verifier_calls for o in outcomes),

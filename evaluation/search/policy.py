@@ -17,13 +17,14 @@ from models.flops import executed_flops_per_token
 
 
 class EnginePolicy:
-    def __init__(self, engine, condition: str, batch_size: int = 64):
+    def __init__(self, engine, condition: str, batch_size: int = 64, context_len: int | None = None):
         if not hasattr(engine, "generate_ids"):
             raise ValueError(f"test-time search runs on the native engine (a training run directory); "
                              f"{type(engine).__name__} cannot continue partial responses")
         self.engine = engine
         self.condition = condition
         self.batch_size = batch_size
+        self.context_len = context_len  # None: the run's context
         self.eoa = engine.tokenizer.special_ids["<|eoa|>"]
         engine.encode_prompt("", condition)  # an unknown condition fails here, naming the known ones
 
@@ -45,7 +46,8 @@ class EnginePolicy:
         # One call for all requests: each is cut to its own budget afterwards (budgets differ only
         # for beams near the solution's token limit).
         outputs = engine.generate_ids([prompts[p] for p, _ in requests], max(max_new_tokens), temperature,
-                                      self.batch_size, seed, stop_ids=stop, response_prefixes=prefix_ids)
+                                      self.batch_size, seed, stop_ids=stop, response_prefixes=prefix_ids,
+                                      context_len=self.context_len)
         completions = []
         for (problem, _), prefix, ids, budget in zip(requests, prefix_ids, outputs, max_new_tokens):
             ids = ids[:budget]
