@@ -168,7 +168,7 @@ class PackedDataset:
             inst_len = spans["inst_len"]
             # a response of eoa alone has causal length 0: nothing to train
             keep, resp_len, counts = length_policy(inst_len, spans["resp_len"], self.max_seq_len, min_resp_len=2)
-            if counts["kept"] < counts["samples"]:
+            if counts["kept"] < counts["rows"]:
                 log.warning("%s epoch_%d: %s", self.path, folder, counts)
             sampler = MultipackDistributedBatchSampler(
                 self.batch_max_length, inst_len[keep] + resp_len[keep] - 1, self.num_replicas, self.rank,

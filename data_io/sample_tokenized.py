@@ -49,7 +49,7 @@ from omegaconf import MISSING, OmegaConf
 from tqdm import tqdm
 
 from data_io import DataError
-from data_io.spans import check_token_ids, load_spans, load_tokens, save_spans, token_dtype
+from data_io.spans import check_token_ids, length_policy, load_spans, load_tokens, save_spans, token_dtype
 from data_io.text_tokenizer import tokenizer_file
 
 LONG_CONTEXT_POLICIES = ("truncate", "drop")
@@ -130,19 +130,12 @@ def find_tokenized(root: Path) -> list[tuple[Path, str]]:
 
 
 def truncate_and_filter(spans: dict[str, np.ndarray], rule: Rule, cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(kept row indices, their response lengths after truncation, drop/truncation counts)."""
-    inst_len, resp_len = spans["inst_len"], spans["resp_len"]
-    short = resp_len < cfg.min_resp_length
-    room = cfg.context_size - np.minimum(inst_len, cfg.context_size)  # response tokens that fit
-    if rule.long_context == "truncate":
-        too_long = ~short & (room < 1)
-    else:
-        too_long = ~short & (resp_len > room)
-    keep = ~short & ~too_long
-    truncated = keep & (resp_len > room)
-    counts = {"rows": len(inst_len), "short_response_dropped": int(short.sum()),
-              "too_long_dropped": int(too_long.sum()), "truncated": int(truncated.sum())}
-    return np.flatnonzero(keep), np.minimum(resp_len, room)[keep], counts
+    """(kept row indices, their response lengths after truncation, drop/truncation counts). As
+    data_io does, a truncated response may keep a single token (its last, eoa, is cut away)."""
+    keep, resp_len, counts = length_policy(spans["inst_len"], spans["resp_len"], cfg.context_size, cfg.min_resp_length,
+                                           truncate=rule.long_context == "truncate", min_cut_len=1)
+    del counts["kept"]
+    return keep, resp_len[keep], counts
 
 
 @dataclass

@@ -70,22 +70,24 @@ def check_token_ids(tokens: np.ndarray, vocab_size: int, file: Path, fix: str) -
 
 
 def length_policy(inst_len: np.ndarray, resp_len: np.ndarray, max_len: int, min_resp_len: int,
-                  truncate: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+                  truncate: bool = True, min_cut_len: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """The one rule for samples against a length limit of `max_len` tokens len(i) + len(o).
 
     A sample whose response has fewer than `min_resp_len` tokens, or whose instruction is empty,
-    is dropped as empty. A longer one has its response's tail cut to fit (`truncate`), and is
-    dropped when under `min_resp_len` response tokens would remain, or dropped outright.
-    Returns the kept indices, the response lengths after cutting (for every sample), and counts."""
+    is dropped as short. A longer one has its response's tail cut to fit (`truncate`) and is
+    dropped when fewer than `min_cut_len` (default `min_resp_len`) response tokens would remain,
+    or is dropped outright. Returns the kept indices, the response lengths after cutting (for
+    every sample), and the counts of each outcome."""
+    min_cut_len = min_resp_len if min_cut_len is None else min_cut_len
     resp_len = resp_len.copy()
-    empty = (resp_len < min_resp_len) | (inst_len < 1)
-    long = ~empty & (inst_len + resp_len > max_len)
+    short = (resp_len < min_resp_len) | (inst_len < 1)
+    long = ~short & (inst_len + resp_len > max_len)
     if truncate:
         resp_len[long] = max_len - inst_len[long]
-        too_long = long & (resp_len < min_resp_len)
+        too_long = long & (resp_len < min_cut_len)
     else:
         too_long = long
-    keep = np.flatnonzero(~empty & ~too_long)
-    counts = {"samples": len(inst_len), "kept": len(keep), "empty_response_dropped": int(empty.sum()),
+    keep = np.flatnonzero(~short & ~too_long)
+    counts = {"rows": len(inst_len), "kept": len(keep), "short_response_dropped": int(short.sum()),
               "too_long_dropped": int(too_long.sum()), "truncated": int((long & ~too_long).sum())}
     return keep, resp_len, counts

@@ -125,7 +125,7 @@ def test_length_policy_counted(tmp_path):
     samples = [([1, 2], [3, 4]), ([5], [6]), ([1, 2, 3, 4], list(range(10, 20))), ([1] * 7, [2, 3, 4])]
     root = write_sampled(tmp_path / "d", samples)
     ds = PackedDataset(str(root), global_batch_size=32, max_seq_len=8, max_samples_per_batch=4)
-    assert ds.drop_counts(0) == {"samples": 4, "kept": 2, "empty_response_dropped": 1, "too_long_dropped": 1,
+    assert ds.drop_counts(0) == {"rows": 4, "kept": 2, "short_response_dropped": 1, "too_long_dropped": 1,
                                  "truncated": 1}
     (batch, stats), = list(ds)
     assert batch["inputs"][:10].tolist() == [1, 2, 3, 1, 2, 3, 4, 10, 11, 12]
