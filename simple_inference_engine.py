@@ -1,32 +1,43 @@
-"""Checkpoint loader and batched generation with a static KV cache (docs/DESIGN.md, "Inference, evaluation and export").
+"""Batched generation over a training run (docs/DESIGN.md, "Inference, evaluation and export").
 
     python simple_inference_engine.py generate --run RUN_DIR --prompt "1 2 + 3 4 =" [--condition direct]
     python simple_inference_engine.py heldout --run RUN_DIR --heldout demo_data/heldout.jsonl
 
-A prompt is `boq + condition token + prompt text + eoq`. Prefill attends the prompt with prefix
-semantics (bidirectional); each new token then attends causally. Every module call of the
-recurrence has its own cache slot. Decoding is batched over `batch_size` slots: a slot whose
-sequence ends (eoa or token limit) is refilled with the next waiting prompt, so the batch stays
-full. A prompt that does not fit the context yields an empty generation and is counted.
+A prompt is `boq + condition token + prompt text + eoq`. Prompts are prefilled many at a time in
+one packed forward with the training's prefix-LM attention (the prompt attends bidirectionally),
+each prompt's keys/values written to its cache slot; `num_samples` copies of a prompt share one
+prefill (its KV is copied). Each new token then attends causally. Decoding runs over `batch_size`
+slots (inference/decode.py; a CUDA graph on CUDA); every few steps the host refills the slots whose
+sequences ended (eoa or token limit) with waiting prompts, one bounded prefill chunk at a time, so
+the batch stays full. The KV cache holds the longest prompt plus max_new_tokens, not the whole
+context. A prompt that does not fit the context yields an empty generation and is counted.
 """
 
 import argparse
 import json
+import time
+from collections import deque
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from data_io.rows import parse_conditions
 from data_io.text_tokenizer import TextTokenizer
+from inference.decode import DecodeBatch
+from inference.sampling import Sampling
 from models import attention as attn_lib
-from models.layers import CachedContext
+from models.config import round_up
 from models.model import LanguageModel
 from training.logger import METRICS_FILE
 from training.run_dir import load_run
 
-PREFILL_BUCKET = 32  # prompts are padded to a multiple of this, bounding recompiles on CUDA
+CACHE_GRANULE = 256  # the cache length is rounded up to a multiple of this: fewer distinct compiled shapes
+# Memory kept free beside the KV cache when batch_size="auto" or when a batch is shrunk to fit:
+# prefill activations and logits of one chunk, the allocator's slack.
+RESERVED_BYTES = 6 << 30
 
 
 @dataclass
@@ -35,26 +46,37 @@ class GenerationStats:
     overlong_prompts: int = 0
     stopped_at_eoa: int = 0
     hit_token_limit: int = 0
-
-
-@dataclass
-class _Slot:
-    request: int  # index into the prompt list
-    prompt_len: int
-    position: int  # cache position of the next token to feed
-    tokens: list = field(default_factory=list)
+    prefill_tokens: int = 0
+    decode_steps: int = 0
 
 
 class SimpleEngine:
-    def __init__(self, model: LanguageModel, tokenizer: TextTokenizer, context_len: int, compile: bool | None = None):
+    """Generation over a LanguageModel. On CUDA the decode step is compiled and replayed as a CUDA
+    graph, and decode attention reads each row's filled cache only (flex); on CPU it runs eagerly.
+    `steps_per_check`: decode steps between two looks of the host at which sequences ended;
+    `prefill_tokens`: prompt tokens per packed prefill chunk (at least one prompt)."""
+
+    def __init__(self, model: LanguageModel, tokenizer: TextTokenizer, context_len: int, compile: bool | None = None,
+                 cuda_graphs: bool | None = None, steps_per_check: int = 8, prefill_tokens: int | None = None,
+                 prefill_backend: str | None = None, flex_decode: bool | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.context_len = context_len
         self.device = model.lm_head.weight.device
         self.eoa = tokenizer.eoa_id
         self.stats = GenerationStats()
-        use_compile = self.device.type == "cuda" if compile is None else compile
+        on_cuda = self.device.type == "cuda"
+        if cuda_graphs and not on_cuda:
+            raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, it is on {self.device}")
+        use_compile = on_cuda if compile is None else compile
         self._forward = torch.compile(model, dynamic=False) if use_compile else model
+        self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
+        available = attn_lib.available_backends(self.device)
+        self.flex_decode = ("flex" in available) if flex_decode is None else flex_decode
+        # varlen and fa3 take any packed length without recompiling; sdpa runs anywhere
+        self.prefill_backend = prefill_backend or next(b for b in ("fa3", "varlen", "sdpa") if b in available)
+        self.steps_per_check = steps_per_check
+        self.prefill_tokens = prefill_tokens or (16384 if on_cuda else 2048)
 
     @classmethod
     def from_checkpoint(cls, ckpt_path, ckpt_epoch=None, use_ema=True, arch_override=None, device=None):
@@ -81,112 +103,143 @@ class SimpleEngine:
 
     @torch.no_grad()
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
-                     batch_size: int = 16, seed: int = 0, stop_ids: Collection[int] = (),
-                     response_prefixes: list[list[int]] | None = None,
-                     context_len: int | None = None) -> list[list[int]]:
-        """Generated ids per prompt (without the eoa that ended it).
+                     batch_size: int | str = 16, seed: int = 0, stop_ids: Collection[int] = (),
+                     response_prefixes: list[list[int]] | None = None, context_len: int | None = None, *,
+                     num_samples: int = 1, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+                     progress: bool = True) -> list[list[int]]:
+        """Generated ids (without the eoa that ended them) of `num_samples` sequences per prompt,
+        prompt-major: result[i * num_samples + j] is sample j of prompts[i]. batch_size: sequences
+        decoded at once, or "auto" (as many as the free GPU memory holds). Sampling (see
+        inference/sampling.py) is reproducible: a sequence's tokens depend on the seed and its
+        index, not on the batch.
 
         A generated token in `stop_ids` also ends its sequence and is kept (test-time search stops
         at the end of a reasoning step). `response_prefixes[i]`, when given, is the start of prompt
         i's response: fed causally after the prompt as if generated, and not returned.
-        `context_len` (default: the run's) sizes the cache: a prompt of context_len tokens or more
-        is not run.
+        `context_len` (default: the run's) bounds prompt + response: a prompt (with its prefix) of
+        context_len tokens or more is not run.
         """
         context_len = context_len or self.context_len
-        results: list[list[int]] = [[] for _ in prompts]
         prefixes = response_prefixes or [[] for _ in prompts]
-        waiting = []
+        if max_new_tokens < 1 or num_samples < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} and num_samples={num_samples} must be >= 1")
+        sampling = Sampling(temperature, top_k, top_p, min_p, seed)
+        results: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]
+        waiting = deque()  # [prompt index, samples not admitted yet]
         for i, p in enumerate(prompts):
             self.stats.prompts += 1
+            if not p:
+                raise ValueError(f"prompt {i} is empty: a prompt holds at least boq and eoq")
             if len(p) + len(prefixes[i]) >= context_len:
                 self.stats.overlong_prompts += 1
             else:
-                waiting.append(i)
-        waiting.reverse()
-        # Fewer prompts than batch_size get the next power of two, not their exact count: the
-        # compiled decode step is specialised to its batch size, and every benchmark's last batch
-        # would otherwise compile one more (dynamo gives up after 8 and runs uncompiled).
-        batch_size = min(batch_size, 1 << (max(1, len(waiting)) - 1).bit_length())
-        cache = self.model.new_kv_cache(batch_size, context_len)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        slots: list[_Slot | None] = [None] * batch_size
-        next_tokens = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+                waiting.append([i, num_samples])
+        if not waiting:
+            return results
+        longest = max(len(prompts[i]) + len(prefixes[i]) for i, _ in waiting)
+        cache_len = min(context_len, round_up(longest + max_new_tokens, CACHE_GRANULE))
+        batch = self._batch_size(batch_size, len(waiting) * num_samples, cache_len)
+        decode = DecodeBatch(self.model, batch, cache_len, context_len, max_new_tokens, self.eoa, sampling,
+                             self._forward, self.flex_decode, stop_ids)
+        if self.cuda_graphs:
+            decode.capture()
 
-        def fill(row: int) -> None:
-            while waiting:
-                request = waiting.pop()
-                prompt, prefix = prompts[request], prefixes[request]
-                first = self._prefill(cache, row, prompt, prefix, generator, temperature, context_len)
-                slot = _Slot(request, len(prompt), len(prompt) + len(prefix))
-                if self._accept(slot, first, max_new_tokens, results, stop_ids, context_len):
-                    slots[row] = slot
-                    next_tokens[row] = first
-                    return
-            slots[row] = None
-
-        for row in range(batch_size):
-            fill(row)
-        while any(slots):
-            positions = torch.tensor([s.position if s else 0 for s in slots], device=self.device)[:, None]
-            prompt_lens = torch.tensor([s.prompt_len if s else 1 for s in slots], device=self.device)
-            mask = attn_lib.generation_mask(positions, prompt_lens, context_len)
-            logits = self._forward(next_tokens[:, None], positions, CachedContext(cache, positions, mask))[:, -1]
-            chosen = self._pick(logits, generator, temperature).tolist()
-            for row, slot in enumerate(slots):
-                if slot is None:
-                    continue
-                slot.position += 1
-                if self._accept(slot, chosen[row], max_new_tokens, results, stop_ids, context_len):
-                    next_tokens[row] = chosen[row]
-                else:
-                    fill(row)
+        occupant: list[int | None] = [None] * batch  # the sequence each slot decodes
+        bar = tqdm(total=len(waiting) * num_samples, desc="generate", unit="seq", disable=not progress,
+                   dynamic_ncols=True, mininterval=2)
+        progress_state = {"tokens": 0, "start": time.perf_counter()}
+        while True:
+            self._harvest(decode, occupant, results, bar, progress_state, stop_ids)
+            free = deque(r for r, s in enumerate(occupant) if s is None)
+            decoding = len(free) < batch
+            while waiting and free:
+                self._admit_chunk(decode, prompts, prefixes, waiting, free, occupant, num_samples)
+                if decoding:
+                    break  # one chunk, then back to the running sequences
+            if all(s is None for s in occupant):
+                break
+            if max_new_tokens > 1:
+                decode.run(self.steps_per_check)
+                self.stats.decode_steps += self.steps_per_check
+        bar.close()
         return results
 
-    def _prefill(self, cache, row: int, prompt: list[int], prefix: list[int], generator, temperature,
-                 context_len: int) -> int:
-        """Run the prompt (bidirectional) and the response prefix (causal) into cache row `row`;
-        return the first generated token."""
-        fed = prompt + prefix
-        width = -(-len(fed) // PREFILL_BUCKET) * PREFILL_BUCKET
-        width = min(width, context_len)
-        ids = torch.zeros(1, width, dtype=torch.long, device=self.device)
-        ids[0, :len(fed)] = torch.tensor(fed, device=self.device)
-        positions = torch.arange(width, device=self.device)[None]
-        mask = attn_lib.generation_mask(positions, torch.tensor([len(prompt)], device=self.device), context_len)
-        rows = torch.tensor([row], device=self.device)
-        logits = self.model(ids, positions, CachedContext(cache, positions, mask, rows))[0, len(fed) - 1]
-        return int(self._pick(logits[None], generator, temperature)[0])
+    def _admit_chunk(self, decode: DecodeBatch, prompts, prefixes, waiting: deque, free: deque, occupant,
+                     num_samples) -> None:
+        """Prefill the next waiting prompts (up to prefill_tokens, at least one) into free slots."""
+        chunk, chunk_prefixes, rows, sequences, tokens = [], [], [], [], 0
+        while waiting and free:
+            i, remaining = waiting[0]
+            if chunk and tokens + len(prompts[i]) + len(prefixes[i]) > self.prefill_tokens:
+                break
+            take = min(remaining, len(free))
+            slots = [free.popleft() for _ in range(take)]
+            first = i * num_samples + num_samples - remaining
+            chunk.append(prompts[i])
+            chunk_prefixes.append(prefixes[i])
+            rows.append(slots)
+            sequences.append(list(range(first, first + take)))
+            for slot, sequence in zip(slots, sequences[-1]):
+                occupant[slot] = sequence
+            tokens += len(prompts[i]) + len(prefixes[i])
+            waiting[0][1] -= take
+            if waiting[0][1] == 0:
+                waiting.popleft()
+        decode.prefill(chunk, chunk_prefixes, rows, sequences, self.prefill_backend)
+        self.stats.prefill_tokens += tokens
 
-    def _accept(self, slot: _Slot, token: int, max_new_tokens: int, results, stop_ids, context_len: int) -> bool:
-        """Record a generated token; False when the sequence has ended."""
-        if token == self.eoa:
-            self.stats.stopped_at_eoa += 1
-            return False
-        slot.tokens.append(token)
-        results[slot.request] = slot.tokens
-        if token in stop_ids:
-            return False
-        if len(slot.tokens) >= max_new_tokens or slot.position >= context_len:
-            self.stats.hit_token_limit += 1
-            return False
-        return True
+    def _harvest(self, decode: DecodeBatch, occupant, results, bar, progress_state, stop_ids) -> None:
+        """Collect the sequences that ended since the last look and free their slots."""
+        if all(s is None for s in occupant):
+            return
+        active, generated, at_eoa = torch.stack([decode.active, decode.generated, decode.stopped_at_eoa]).tolist()
+        ended = [r for r, s in enumerate(occupant) if s is not None and not active[r]]
+        if not ended:
+            return
+        for r, out in zip(ended, decode.out[ended].tolist()):
+            results[occupant[r]] = out[:generated[r]]
+            progress_state["tokens"] += generated[r]
+            if at_eoa[r]:
+                self.stats.stopped_at_eoa += 1
+            elif not (results[occupant[r]] and results[occupant[r]][-1] in stop_ids):
+                self.stats.hit_token_limit += 1
+            occupant[r] = None
+        bar.update(len(ended))
+        elapsed = time.perf_counter() - progress_state["start"]
+        bar.set_postfix_str(f"{progress_state['tokens'] / max(elapsed, 1e-9):.0f} tokens/s", refresh=False)
 
-    @staticmethod
-    def _pick(logits: torch.Tensor, generator, temperature: float) -> torch.Tensor:
-        if temperature <= 0:
-            return logits.argmax(-1)
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    def _batch_size(self, requested: int | str, sequences: int, cache_len: int) -> int:
+        """Slots to decode with: the request, or with "auto" as many as fit the free GPU memory (16
+        on CPU), shrunk to fit that memory, and to the next power of two >= the number of sequences
+        (a benchmark's last, partial batch then reuses the compiled shape of a full one)."""
+        fit = None
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+            fit = max(1, (free - RESERVED_BYTES) // self.model.kv_cache_bytes_per_row(cache_len))
+        if requested == "auto":
+            want = min(fit, 512) if fit is not None else 16
+        else:
+            want = int(requested)
+            if want < 1:
+                raise ValueError(f"batch_size={requested} must be >= 1 or 'auto'")
+            if fit is not None and want > fit:
+                print(f"[generate] batch_size={want} does not fit the free GPU memory with a {cache_len}-token "
+                      f"cache; using {fit}", flush=True)
+                want = fit
+        return max(1, min(want, 1 << (sequences - 1).bit_length()))
 
     def generate(self, prompts: list[str], condition: str, max_new_tokens: int, temperature: float = 0.0,
-                 num_samples: int = 1, batch_size: int = 16, seed: int = 0) -> list[list[str]]:
+                 num_samples: int = 1, batch_size: int | str = 16, seed: int = 0, top_k: int = 0,
+                 top_p: float = 1.0, min_p: float = 0.0, progress: bool = True) -> list[list[str]]:
         """The evaluation protocol: `num_samples` decoded generations per prompt."""
         encoded = [self.encode_prompt(p, condition) for p in prompts]
-        repeated = [ids for ids in encoded for _ in range(num_samples)]
-        outputs = self.generate_ids(repeated, max_new_tokens, temperature, batch_size, seed)
+        # greedy samples are all alike: decode one and repeat it
+        decoded = 1 if Sampling(temperature, top_k, top_p, min_p, seed).greedy else num_samples
+        outputs = self.generate_ids(encoded, max_new_tokens, temperature, batch_size, seed, num_samples=decoded,
+                                    top_k=top_k, top_p=top_p, min_p=min_p, progress=progress)
         texts = [self.tokenizer.decode(ids) for ids in outputs]
-        return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
-
+        return [texts[i * decoded:(i + 1) * decoded] * (num_samples // decoded) for i in range(len(prompts))]
 
 def heldout_accuracy(engine: SimpleEngine, rows: list[dict], batch_size: int = 64, max_new_tokens: int = 32) -> float:
     """Exact match of greedy generations against the rows' responses."""
@@ -202,6 +255,15 @@ def heldout_accuracy(engine: SimpleEngine, rows: list[dict], batch_size: int = 6
     return correct / max(1, len(rows))
 
 
+def _batch_size_arg(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch-size {value!r}: give a number or 'auto'") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -211,10 +273,17 @@ def main() -> None:
         p.add_argument("--ckpt-epoch", type=int, default=None, help="checkpoint of this epoch (default: latest)")
         p.add_argument("--no-ema", action="store_true", help="use the live weights instead of the EMA")
         p.add_argument("--max-new-tokens", type=int, default=64)
-        p.add_argument("--batch-size", type=int, default=64)
-    sub.choices["generate"].add_argument("--prompt", required=True, action="append", help="prompt text (repeatable)")
-    sub.choices["generate"].add_argument("--condition", default="direct")
-    sub.choices["generate"].add_argument("--temperature", type=float, default=0.0)
+        p.add_argument("--batch-size", type=_batch_size_arg, default=64,
+                       help="sequences decoded at once, or 'auto' (as many as the free GPU memory holds)")
+    gen = sub.choices["generate"]
+    gen.add_argument("--prompt", required=True, action="append", help="prompt text (repeatable)")
+    gen.add_argument("--condition", default="direct")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    gen.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="keep the most likely tokens of this mass (1: off)")
+    gen.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability (0: off)")
+    gen.add_argument("--num-samples", type=int, default=1, help="generations per prompt")
+    gen.add_argument("--seed", type=int, default=0)
     sub.choices["heldout"].add_argument("--heldout", required=True, help="JSONL rows with instruction, response, condition")
     sub.choices["heldout"].add_argument("--report", action="store_true",
                                         help="also print the run's first and last logged loss and what to run next")
@@ -223,9 +292,10 @@ def main() -> None:
     engine = SimpleEngine.from_checkpoint(args.run, args.ckpt_epoch, use_ema=not args.no_ema)
     if args.command == "generate":
         outs = engine.generate(args.prompt, args.condition, args.max_new_tokens, args.temperature,
-                               batch_size=args.batch_size)
+                               num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
+                               top_k=args.top_k, top_p=args.top_p, min_p=args.min_p)
         for prompt, out in zip(args.prompt, outs):
-            print(f"{prompt}\n  -> {out[0]}")
+            print(prompt + "".join(f"\n  -> {text}" for text in out))
     else:
         rows = [json.loads(line) for line in Path(args.heldout).read_text().splitlines() if line.strip()]
         accuracy = heldout_accuracy(engine, rows, args.batch_size, args.max_new_tokens)

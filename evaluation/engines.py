@@ -99,9 +99,10 @@ class NativeEngine:
         encoded = [self.engine.encode_prompt(p, condition) for p in prompts]
         repeated = [ids for ids in encoded for _ in range(num_samples)]
         # The native cache holds max_context positions; it may produce one token more than the
-        # budget when the context fills up, which `finish` cuts.
-        outputs = self.engine.generate_ids(repeated, max_new_tokens, temperature, batch_size, seed,
-                                           context_len=max_context)
+        # budget when the context fills up, which `finish` cuts. The samples of a prompt share
+        # one prefill (outputs are prompt-major, as `repeated`).
+        outputs = self.engine.generate_ids(encoded, max_new_tokens, temperature, batch_size, seed,
+                                           context_len=max_context, num_samples=num_samples)
         decode = self.engine.tokenizer.decode
         texts = [finish(len(p), out, self.engine.eoa, max_new_tokens, max_context, decode)
                  for p, out in zip(repeated, outputs)]

@@ -407,6 +407,26 @@ def generation_mask(query_positions: torch.Tensor, prompt_lens: torch.Tensor, ca
     return mask[:, None]
 
 
-def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """q [B, H, Tq, D] over a KV cache k, v [B, H, T, D] with a `generation_mask`; -> [B, H, Tq, D]."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+def decode_block_mask(positions: torch.Tensor, cache_len: int) -> BlockMask:
+    """Decoding's mask as a flex BlockMask: row b's one query, at cache position positions[b] [B]
+    (past its prompt), sees keys 0 .. positions[b] (`generation_mask`'s rule there). Key tiles past
+    positions[b] are skipped, so a row reads only the part of the cache it has filled."""
+    def mask_mod(b, h, q_idx, kv_idx):
+        return kv_idx <= positions[b]
+
+    tiles = -(-cache_len // FLEX_TILE)
+    query_tile = (positions // FLEX_TILE).int()[:, None, None]  # [B, 1, 1]
+    order = torch.arange(tiles, device=positions.device, dtype=torch.int32).repeat(positions.shape[0], 1, 1, 1)
+    # The query's own tile is partial (mask_mod applies there); every tile before it is full.
+    partial_index = torch.where(order == 0, query_tile[..., None], order)
+    return BlockMask.from_kv_blocks(torch.ones_like(query_tile), partial_index, query_tile, order,
+                                    BLOCK_SIZE=FLEX_TILE, mask_mod=mask_mod, seq_lengths=(1, cache_len))
+
+
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+    """q [B, H, Tq, D] over a KV cache k, v [B, H, T, D] -> [B, H, Tq, D]. `mask` is a
+    `generation_mask` [B, 1, Tq, T'] over the first T' <= T positions, or a `decode_block_mask`."""
+    if isinstance(mask, BlockMask):
+        return _flex(q, k, v, mask)
+    T = mask.shape[-1]
+    return F.scaled_dot_product_attention(q, k[:, :, :T], v[:, :, :T], attn_mask=mask)

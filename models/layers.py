@@ -75,21 +75,26 @@ def init_linear(weight: torch.Tensor, scheme: str, n_layers_total: int, is_outpu
 
 @dataclass
 class PackedContext:
-    """Training/scoring on one packed token axis (batch dimension 1)."""
+    """Training/scoring on one packed token axis (batch dimension 1). With a `cache`, this is also
+    generation's packed prefill: token t's keys/values are written to cache row `cache_rows[t]` at
+    position `cache_positions[t]`, so one forward fills the caches of many prompts."""
 
     layout: attn_lib.PackedLayout
+    cache: "StaticKVCache | None" = None
+    cache_rows: torch.Tensor | None = None
+    cache_positions: torch.Tensor | None = None
 
 
 @dataclass
 class CachedContext:
-    """Generation with a static KV cache: keys/values are written at `positions` [B, Tq] of cache
-    slot (call, layer) in cache rows `rows` [B] (default: rows 0..B-1), then queries attend those
-    rows under `mask` [B, 1, Tq, cache_len]."""
+    """Decoding over a static KV cache: the keys/values of row b's queries are written at
+    `positions[b]` ([B, Tq]) of cache row b, then the queries attend that row under `mask`: a bool
+    `generation_mask` [B, 1, Tq, T] over the first T cache positions, or a flex BlockMask
+    (`decode_block_mask`) that skips the key tiles a row has not reached."""
 
     cache: "StaticKVCache"
     positions: torch.Tensor
-    mask: torch.Tensor
-    rows: torch.Tensor | None = None
+    mask: "torch.Tensor | attn_lib.BlockMask"
 
 
 AttentionContext = PackedContext | CachedContext
@@ -108,17 +113,38 @@ class StaticKVCache:
         slots = num_calls * layers_per_call
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(slots)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(slots)]
+        self._all_rows = torch.arange(batch_size, device=device)[:, None]
 
-    def update(self, call: int, layer: int, rows: torch.Tensor | None, positions: torch.Tensor,
-               k: torch.Tensor, v: torch.Tensor):
-        """Write k/v [B, Tq, H, D] at `positions` [B, Tq] of cache `rows` [B] (None: all rows, in
-        order); return those rows' whole k/v as [B, H, T, D]."""
-        k_cache, v_cache = self.k[call * self.layers_per_call + layer], self.v[call * self.layers_per_call + layer]
-        index = (torch.arange(k.shape[0], device=k.device) if rows is None else rows)[:, None]
-        k_cache.index_put_((index, positions), k)
-        v_cache.index_put_((index, positions), v)
-        k_rows, v_rows = (k_cache, v_cache) if rows is None else (k_cache[rows], v_cache[rows])
-        return k_rows.transpose(1, 2), v_rows.transpose(1, 2)
+    @staticmethod
+    def bytes_per_row(num_calls: int, layers_per_call: int, max_len: int, num_heads: int, head_dim: int,
+                      dtype: torch.dtype) -> int:
+        """Memory of one cache row (one sequence), for sizing a batch to the free memory."""
+        return 2 * num_calls * layers_per_call * max_len * num_heads * head_dim * dtype.itemsize
+
+    def _slot(self, call: int, layer: int):
+        i = call * self.layers_per_call + layer
+        return self.k[i], self.v[i]
+
+    def update(self, call: int, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k/v [B, Tq, H, D] of every row at `positions` [B, Tq]; return the whole cache of
+        this slot as k, v [B, H, T, D]."""
+        k_cache, v_cache = self._slot(call, layer)
+        k_cache.index_put_((self._all_rows, positions), k)
+        v_cache.index_put_((self._all_rows, positions), v)
+        return k_cache.transpose(1, 2), v_cache.transpose(1, 2)
+
+    def write(self, call: int, layer: int, rows: torch.Tensor, positions: torch.Tensor,
+              k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write packed tokens' k/v [L, H, D] at (rows[t], positions[t])."""
+        k_cache, v_cache = self._slot(call, layer)
+        k_cache.index_put_((rows, positions), k)
+        v_cache.index_put_((rows, positions), v)
+
+    def copy_rows(self, source: torch.Tensor, target: torch.Tensor) -> None:
+        """Row target[i] becomes a copy of row source[i] in every slot (a prompt's KV shared by its
+        samples)."""
+        for cache in (*self.k, *self.v):
+            cache.index_copy_(0, target, cache.index_select(0, source))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,9 +167,11 @@ class Attention(nn.Module):
         gate, q, k, v = self.gqkv_proj(x).view(B, T, 4, self.num_heads, self.head_dim).unbind(2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if isinstance(ctx, PackedContext):
+            if ctx.cache is not None:
+                ctx.cache.write(call, self.layer_index, ctx.cache_rows, ctx.cache_positions, k[0], v[0])
             out = attn_lib.packed_attention(q[0], k[0], v[0], ctx.layout)[None]
         else:
-            k_all, v_all = ctx.cache.update(call, self.layer_index, ctx.rows, ctx.positions, k, v)
+            k_all, v_all = ctx.cache.update(call, self.layer_index, ctx.positions, k, v)
             out = attn_lib.cached_attention(q.transpose(1, 2), k_all, v_all, ctx.mask).transpose(1, 2)
         return self.o_proj((torch.sigmoid(gate) * out).reshape(B, T, -1))
 

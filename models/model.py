@@ -41,14 +41,24 @@ class LanguageModel(nn.Module):
         """input_ids/position_ids [B, T] -> logits [B, T, V]; bp_steps defaults to bp_max_steps.
         With labels (and sample_ids, num_samples; see models/lm_head.py): (loss_sum, metrics)
         instead, computed in chunks so the full logits never exist."""
-        x = self.embed_tokens(input_ids) * self.embedding_scale
-        z = self.net(x, self.net.rope_tables(position_ids), ctx, self.arch.bp_max_steps if bp_steps is None else bp_steps)
+        z = self.hidden_states(input_ids, position_ids, ctx, bp_steps)
         if labels is None:
             return self.lm_head(z)
         return loss_and_metrics(self.lm_head, z.flatten(0, 1), labels.flatten(), sample_ids.flatten(), num_samples,
                                 compiled=self.compiled_loss)
 
+    def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor, ctx: AttentionContext,
+                      bp_steps: int | None = None) -> torch.Tensor:
+        """The net's output z [B, T, hidden], before the LM head (generation's prefill needs the
+        logits of each prompt's last token only)."""
+        x = self.embed_tokens(input_ids) * self.embedding_scale
+        return self.net(x, self.net.rope_tables(position_ids), ctx, self.arch.bp_max_steps if bp_steps is None else bp_steps)
+
     def new_kv_cache(self, batch_size: int, max_len: int, dtype=None, device=None) -> StaticKVCache:
         ref = self.lm_head.weight
         return StaticKVCache(self.net.num_calls, self.net.layers_per_call, batch_size, max_len,
                              self.arch.num_heads, self.arch.head_dim, dtype or ref.dtype, device or ref.device)
+
+    def kv_cache_bytes_per_row(self, max_len: int, dtype=None) -> int:
+        return StaticKVCache.bytes_per_row(self.net.num_calls, self.net.layers_per_call, max_len, self.arch.num_heads,
+                                           self.arch.head_dim, dtype or self.lm_head.weight.dtype)

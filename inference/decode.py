@@ -1,0 +1,136 @@
+"""The device side of generation: a batch of decode slots over one static KV cache.
+
+Everything a decode step reads or writes lives in tensors allocated once (the cache and the slot
+state below), and the step does all its bookkeeping (sampling, eoa and token-limit detection,
+recording the token) on the device. So on CUDA it is captured once as a CUDA graph and replayed;
+the host only looks at the `active` flags every few steps to refill finished slots. On CPU the
+same step runs eagerly.
+"""
+
+import torch
+
+from inference.sampling import Sampling, choose_tokens
+from models import attention as attn_lib
+from models.layers import CachedContext, PackedContext
+from models.model import LanguageModel
+
+
+class DecodeBatch:
+    """B slots. Slot b holds one sequence: `tokens[b]` is the next token to feed, at cache position
+    `positions[b]`; `out[b, :generated[b]]` are the tokens generated so far; `active[b]` is False
+    once the sequence has ended (eoa, a token of `stop_ids`, which is kept, `max_new_tokens`, or
+    the context is full) or the slot is free."""
+
+    def __init__(self, model: LanguageModel, batch_size: int, cache_len: int, context_len: int,
+                 max_new_tokens: int, eoa: int, sampling: Sampling, forward=None, flex_decode: bool = False,
+                 stop_ids=()):
+        device = model.lm_head.weight.device
+        self.model, self.forward = model, model if forward is None else forward
+        self.batch_size, self.cache_len, self.context_len = batch_size, cache_len, context_len
+        self.max_new_tokens, self.eoa, self.sampling = max_new_tokens, eoa, sampling
+        self.flex_decode = flex_decode
+        self.cache = model.new_kv_cache(batch_size, cache_len)
+        self.stop_ids = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+
+        def zeros(*shape, dtype=torch.long):
+            return torch.zeros(*shape, dtype=dtype, device=device)
+
+        self.tokens, self.positions, self.prompt_lens = zeros(batch_size), zeros(batch_size), zeros(batch_size)
+        self.sequences = zeros(batch_size)  # the sequence's index in the request (sampling noise)
+        self.generated = zeros(batch_size)
+        self.out = zeros(batch_size, max_new_tokens)
+        self.active = zeros(batch_size, dtype=torch.bool)
+        self.stopped_at_eoa = zeros(batch_size, dtype=torch.bool)
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    # -- one decode step ----------------------------------------------------------------------
+
+    def step(self) -> None:
+        positions = self.positions[:, None]
+        if self.flex_decode:
+            mask = attn_lib.decode_block_mask(self.positions, self.cache_len)
+        else:
+            mask = attn_lib.generation_mask(positions, self.prompt_lens, self.cache_len)
+        logits = self.forward(self.tokens[:, None], positions, CachedContext(self.cache, positions, mask))[:, -1]
+        chosen = choose_tokens(logits, self.sampling, self.sequences, self.generated)
+        self._record(chosen, self.positions + 1, self.active)
+
+    def _record(self, chosen: torch.Tensor, next_positions: torch.Tensor, rows: torch.Tensor) -> None:
+        """Append chosen[b] to the rows where `rows` (bool [B]) and end those sequences that stop;
+        `next_positions` is where chosen would be fed next."""
+        ended = chosen == self.eoa
+        keep = rows & self.active & ~ended
+        stop = torch.isin(chosen, self.stop_ids) if len(self.stop_ids) else torch.zeros_like(keep)
+        at = self.generated.clamp(max=self.max_new_tokens - 1)[:, None]
+        self.out.scatter_(1, at, torch.where(keep, chosen, self.out.gather(1, at)[:, 0])[:, None])
+        self.generated += keep
+        self.stopped_at_eoa |= rows & self.active & ended
+        still = keep & ~stop & (self.generated < self.max_new_tokens) & (next_positions < self.context_len)
+        self.active.copy_(torch.where(rows, still, self.active))
+        self.tokens.copy_(torch.where(keep, chosen, self.tokens))
+        self.positions.copy_(torch.where(still, next_positions, self.positions))
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self.step()
+
+    def capture(self) -> None:
+        """Capture `step` as a CUDA graph. Call while every slot is free: the warm-up steps then
+        change nothing but the free rows' cache (which a prefill overwrites before it is read)."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # compilation, cuBLAS workspaces, lazy initialisation
+                self.step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.step()
+
+    # -- admission ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def prefill(self, prompts: list[list[int]], prefixes: list[list[int]], rows: list[list[int]],
+                sequences: list[list[int]], attn_backend: str) -> None:
+        """One packed forward over prompts[i] + prefixes[i] (prefix-LM attention, as in training:
+        the prompt bidirectional, the response prefix causal, fed as if generated). Prompt i's KV
+        is written to cache row rows[i][0] and copied to its other rows; each of its rows then
+        gets its first token, sampled as sequence sequences[i][j]."""
+        device = self.tokens.device
+        fed = [p + r for p, r in zip(prompts, prefixes)]
+        lengths = [len(f) for f in fed]
+        total = sum(lengths)
+        ids = torch.tensor([t for f in fed for t in f], device=device)
+        token_positions = torch.cat([torch.arange(n, device=device) for n in lengths])
+        token_rows = torch.repeat_interleave(torch.tensor([r[0] for r in rows], device=device),
+                                             torch.tensor(lengths, device=device))
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+        prompt_lens = torch.tensor([len(p) for p in prompts], device=device)
+        layout = attn_lib.build_layout(cu, prompt_lens.int(), total, max(lengths), attn_backend)
+        ctx = PackedContext(layout, self.cache, token_rows, token_positions)
+        hidden = self.model.hidden_states(ids[None], token_positions[None], ctx)[0]
+        logits = self.model.lm_head(hidden[cu[1:].long() - 1])  # each prompt's last token
+
+        copies = [(r[0], other) for r in rows for other in r[1:]]
+        if copies:
+            source, target = (torch.tensor(x, device=device) for x in zip(*copies))
+            self.cache.copy_rows(source, target)
+        flat_rows = torch.tensor([row for r in rows for row in r], device=device)
+        per_prompt = torch.tensor([len(r) for r in rows], device=device)
+        seqs = torch.tensor([s for ss in sequences for s in ss], device=device)
+        first = choose_tokens(torch.repeat_interleave(logits, per_prompt, dim=0), self.sampling, seqs,
+                              torch.zeros_like(seqs))
+        fed_lens = torch.repeat_interleave(torch.tensor(lengths, device=device), per_prompt)
+
+        admitted = torch.zeros_like(self.active).index_fill(0, flat_rows, True)
+        for state, value in ((self.prompt_lens, torch.repeat_interleave(prompt_lens, per_prompt)),
+                             (self.positions, fed_lens), (self.sequences, seqs),
+                             (self.generated, torch.zeros_like(seqs))):
+            state.index_copy_(0, flat_rows, value)
+        self.active |= admitted
+        self.stopped_at_eoa &= ~admitted
+        chosen = self.tokens.index_copy(0, flat_rows, first)
+        self._record(chosen, self.positions, admitted)

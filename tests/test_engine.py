@@ -1,0 +1,133 @@
+"""The generation engine against independent references: greedy decoding by full recomputation
+through the training's packed attention (no cache, one sequence at a time), and sampling filters
+computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from inference.sampling import Sampling, choose_tokens, filtered_logits
+from models import attention as attn_lib
+from models.layers import PackedContext
+from simple_inference_engine import SimpleEngine, load_run
+
+
+@pytest.fixture(scope="module")
+def engine(demo_run):
+    _, run = demo_run
+    model, tokenizer, context_len, _ = load_run(run, device="cpu")
+    return SimpleEngine(model, tokenizer, context_len, compile=False)
+
+
+@torch.no_grad()
+def recompute_greedy(model, prompt, max_new_tokens, eoa, context_len):
+    """Greedy decoding with no cache: every step reruns the whole sequence as one packed training
+    sample (prompt as prefix, generated tokens causal)."""
+    seq, out = list(prompt), []
+    while True:
+        n = len(seq)
+        layout = attn_lib.build_layout(torch.tensor([0, n], dtype=torch.int32),
+                                       torch.tensor([len(prompt)], dtype=torch.int32), n, n, "sdpa")
+        token = int(model(torch.tensor([seq]), torch.arange(n)[None], PackedContext(layout))[0, -1].argmax())
+        if token == eoa:
+            return out
+        out.append(token)
+        if len(out) >= max_new_tokens or n >= context_len:  # the next token would sit at position n
+            return out
+        seq.append(token)
+
+
+PROBLEMS = ("add 1 2", "sort 321", "reverse 12345", "add 999 999", "sort 98765", "add 5 70", "reverse 10",
+            "sort 55", "add 31 4")
+
+
+def test_batched_packed_generation_equals_recomputation(engine):
+    """Slot refill (9 prompts, 3 slots), packed prefill chunks, an over-long prompt, eoa and the
+    token limit, num_samples > 1 sharing one prefill: all token for token as the no-cache reference."""
+    eoa = engine.tokenizer.special_ids["<|eoa|>"]
+    prompts = [engine.encode_prompt(p, "direct") for p in PROBLEMS]
+    prompts.insert(4, [5] * (engine.context_len + 1))
+    for max_new in (3, 12):
+        want = [[] if len(p) >= engine.context_len else recompute_greedy(engine.model, p, max_new, eoa, engine.context_len)
+                for p in prompts]
+        assert any(0 < len(w) < max_new for w in want) or max_new == 3  # some stop at eoa
+        engine.prefill_tokens = 24  # a few prompts per prefill chunk
+        got = engine.generate_ids(prompts, max_new, batch_size=3, progress=False)
+        assert got == want, max_new
+        got = engine.generate_ids(prompts, max_new, batch_size=4, num_samples=2, progress=False)
+        assert got == [w for w in want for _ in range(2)]
+    engine.prefill_tokens = 2048
+
+
+def test_generation_stops_when_the_context_is_full(engine):
+    eoa = engine.tokenizer.special_ids["<|eoa|>"]
+    prompts = [engine.encode_prompt(p, "direct") for p in PROBLEMS[:4]]
+    context = max(len(p) for p in prompts) + 2
+    short = SimpleEngine(engine.model, engine.tokenizer, context, compile=False)
+    hook = engine.model.lm_head.register_forward_hook(lambda m, i, out: out.index_fill(-1, torch.tensor([eoa]), -1e4))
+    try:
+        got = short.generate_ids(prompts, 50, batch_size=2, progress=False)
+        want = [recompute_greedy(engine.model, p, 50, eoa, context) for p in prompts]
+    finally:
+        hook.remove()
+    assert got == want
+    assert [len(g) for g in got] == [context - len(p) + 1 for p in prompts]
+
+
+def test_flex_decode_mask_equals_the_dense_mask(engine):
+    prompts = [engine.encode_prompt(p, "direct") for p in PROBLEMS[:5]]
+    flex = SimpleEngine(engine.model, engine.tokenizer, engine.context_len, compile=False, flex_decode=True)
+    assert flex.generate_ids(prompts, 6, batch_size=2, progress=False) == \
+        engine.generate_ids(prompts, 6, batch_size=2, progress=False)
+
+
+def test_sampling_is_seeded_and_independent_of_the_batch(engine):
+    prompts = [engine.encode_prompt(p, "direct") for p in PROBLEMS[:4]]
+    kw = dict(temperature=1.5, num_samples=3, progress=False, top_p=0.95)
+    a = engine.generate_ids(prompts, 6, batch_size=2, seed=7, **kw)
+    b = engine.generate_ids(prompts, 6, batch_size=8, seed=7, **kw)
+    c = engine.generate_ids(prompts, 6, batch_size=8, seed=8, **kw)
+    assert a == b and a != c
+    assert len({tuple(x) for x in a}) > len(prompts)  # samples of one prompt differ
+    greedy = engine.generate_ids(prompts, 6, batch_size=4, progress=False)
+    assert engine.generate_ids(prompts, 6, batch_size=4, temperature=2.0, top_k=1, progress=False) == greedy
+    texts = engine.generate(list(PROBLEMS[:2]), "direct", 6, temperature=0.0, num_samples=3, progress=False)
+    assert all(len(set(t)) == 1 and len(t) == 3 for t in texts)
+
+
+def test_filters_match_hand_computation():
+    probs = torch.tensor([[0.5, 0.25, 0.15, 0.06, 0.04]])
+    logits = probs.log()
+    kept = lambda s: torch.isfinite(filtered_logits(logits, s))[0].tolist()  # noqa: E731
+    assert kept(Sampling(1.0, top_k=2)) == [True, True, False, False, False]
+    assert kept(Sampling(1.0, top_p=0.75)) == [True, True, False, False, False]  # 0.5 + 0.25 reaches 0.75
+    assert kept(Sampling(1.0, top_p=0.76)) == [True, True, True, False, False]
+    assert kept(Sampling(1.0, min_p=0.2)) == [True, True, True, False, False]  # >= 0.2 * 0.5
+    assert kept(Sampling(1.0, min_p=0.2, top_p=0.6)) == [True, True, False, False, False]
+    # temperature 2 flattens: probabilities proportional to sqrt(p)
+    scaled = torch.softmax(filtered_logits(logits, Sampling(2.0)), -1)
+    torch.testing.assert_close(scaled, probs.sqrt() / probs.sqrt().sum())
+    with pytest.raises(ValueError, match="top_p"):
+        Sampling(1.0, top_p=0.0)
+
+
+def test_draws_follow_the_distribution():
+    """Gumbel-max over the hash noise: frequencies over 20000 sequences match softmax within 4 sigma."""
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    n = 20000
+    logits = probs.log().expand(n, 4)
+    tokens = choose_tokens(logits, Sampling(1.0, seed=3), torch.arange(n), torch.zeros(n, dtype=torch.long))
+    freq = torch.bincount(tokens, minlength=4).float() / n
+    assert ((freq - probs).abs() < 4 * (probs * (1 - probs) / n).sqrt()).all(), freq
+    # step and sequence both change the draw
+    again = choose_tokens(logits, Sampling(1.0, seed=3), torch.arange(n), torch.ones(n, dtype=torch.long))
+    assert 0.3 < (again != tokens).float().mean() < 0.9
+
+
+def test_batch_size_auto_and_bad_values(engine):
+    assert engine._batch_size("auto", 100, 256) == 16
+    assert engine._batch_size(64, 5, 256) == 8  # no more slots than the next power of two of the work
+    with pytest.raises(ValueError, match="batch_size"):
+        engine._batch_size(0, 5, 256)
+    assert math.isfinite(engine.model.kv_cache_bytes_per_row(256))
