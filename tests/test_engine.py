@@ -10,7 +10,8 @@ import torch
 from inference.sampling import Sampling, choose_tokens, filtered_logits
 from models import attention as attn_lib
 from models.layers import PackedContext
-from simple_inference_engine import SimpleEngine, load_run
+from simple_inference_engine import SimpleEngine
+from training.run_dir import load_run
 
 
 @pytest.fixture(scope="module")
