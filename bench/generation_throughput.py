@@ -7,8 +7,8 @@ the decode roofline.
 
 Random weights (both engines share them) and random prompt tokens; prompt lengths lognormal
 (median --median-prompt) clipped to [8, 1024]. eoa is never generated on purpose, so every
-sequence runs to max_new_tokens; tokens/s counts generated tokens. Warm-up (compilation, graph
-capture, first-call overheads) runs on separate prompts before each timed run. Sections:
+sequence runs to max_new_tokens; tokens/s counts generated tokens. Each timed call is made
+once before (compilation, graph capture, first-call overheads). Sections:
 
   check      fp32, a small model: the fast path (compiled, CUDA graph, flex decode) and the plain
              eager path give identical greedy tokens (on CUDA)
@@ -40,7 +40,8 @@ from conversion.convert_to_hf import hf_config, hf_state_dict  # noqa: E402
 from inference.decode import DecodeBatch  # noqa: E402
 from inference.sampling import Sampling  # noqa: E402
 from models.model import LanguageModel, model_vocab_size  # noqa: E402
-from simple_inference_engine import SimpleEngine  # noqa: E402
+from models.config import round_up  # noqa: E402
+from simple_inference_engine import CACHE_GRANULE, SimpleEngine  # noqa: E402
 from training.config import compose  # noqa: E402
 
 SPECIAL = {"<|pad|>": 0, "<|boq|>": 1, "<|eoq|>": 2, "<|eoa|>": 3, "<|direct|>": 4}
@@ -50,6 +51,7 @@ class StubTokenizer:
     """What SimpleEngine.generate_ids needs of a tokenizer: the special ids."""
 
     special_ids = SPECIAL
+    eoa_id = SPECIAL["<|eoa|>"]
     conditions = ["direct"]
 
 
@@ -156,8 +158,9 @@ def roofline(args, engine, model, prompts, bandwidth, device) -> tuple[float, di
     for batch in (args.batch_size, 1):
         group = prompts[:batch]
         steps = args.max_new_tokens - 1
-        cache_len = max(len(p) for p in group) + args.max_new_tokens
-        decode = DecodeBatch(model, batch, cache_len, cache_len, args.max_new_tokens, SPECIAL["<|eoa|>"], Sampling(),
+        # the cache length the engine gives the generate run, so the compiled step is reused
+        cache_len = min(args.context, round_up(max(len(p) for p in prompts) + args.max_new_tokens, CACHE_GRANULE))
+        decode = DecodeBatch(model, batch, cache_len, args.context, args.max_new_tokens, SPECIAL["<|eoa|>"], Sampling(),
                              engine._forward, engine.flex_decode)
         if engine.cuda_graphs:
             decode.capture()
@@ -233,12 +236,15 @@ def main() -> None:
 
     native_rate = None
     if "generate" in sections:
-        engine.generate_ids(warm, 8, batch_size=args.batch_size, progress=False)
-        outs, elapsed = timed(lambda: engine.generate_ids(prompts, args.max_new_tokens, batch_size=args.batch_size,
-                                                          progress=False), device)
+        def run():
+            return engine.generate_ids(prompts, args.max_new_tokens, batch_size=args.batch_size, progress=False)
+
+        _, warm_s = timed(run, device)  # the same call first: compilation and capture for these shapes
+        outs, elapsed = timed(run, device)
         n = sum(len(o) for o in outs)
         native_rate = n / elapsed
-        print(f"generate native      : {n} tokens in {elapsed:6.2f} s = {native_rate:8.1f} tokens/s", flush=True)
+        print(f"generate native      : {n} tokens in {elapsed:6.2f} s = {native_rate:8.1f} tokens/s "
+              f"(first call, compiling: {warm_s:.0f} s)", flush=True)
         if "transformers" in sections:
             from transformers import HrmTextForCausalLM
 
@@ -264,7 +270,7 @@ def main() -> None:
 
     if "prefill" in sections:
         long = make_prompts(rng, args.prefill_prompts, vocab, args.prefill_len, 2 * args.prefill_len, spread=0.1)
-        engine.generate_ids(long[:args.batch_size], 1, batch_size=args.batch_size, progress=False)
+        engine.generate_ids(long, 1, batch_size=args.batch_size, progress=False)
         _, elapsed = timed(lambda: engine.generate_ids(long, 1, batch_size=args.batch_size, progress=False), device)
         tokens = sum(len(p) for p in long)
         print(f"prefill: {len(long)} prompts, {tokens} tokens (median {int(np.median([len(p) for p in long]))}), "
@@ -273,7 +279,7 @@ def main() -> None:
     if "samples" in sections:
         group = prompts[:args.sample_prompts]
         kw = dict(temperature=0.8, batch_size=args.batch_size, num_samples=args.samples, progress=False)
-        engine.generate_ids(group[:1], 4, **{**kw, "num_samples": args.batch_size})
+        engine.generate_ids(group, args.sample_new_tokens, **kw)
         outs, elapsed = timed(lambda: engine.generate_ids(group, args.sample_new_tokens, **kw), device)
         n = sum(len(o) for o in outs)
         line = (f"samples: {len(group)} prompts x {args.samples} samples, T=0.8, {args.sample_new_tokens} new tokens, "

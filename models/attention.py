@@ -420,7 +420,8 @@ def decode_block_mask(positions: torch.Tensor, cache_len: int) -> BlockMask:
     # The query's own tile is partial (mask_mod applies there); every tile before it is full.
     partial_index = torch.where(order == 0, query_tile[..., None], order)
     return BlockMask.from_kv_blocks(torch.ones_like(query_tile), partial_index, query_tile, order,
-                                    BLOCK_SIZE=FLEX_TILE, mask_mod=mask_mod, seq_lengths=(1, cache_len))
+                                    BLOCK_SIZE=FLEX_TILE, mask_mod=mask_mod, seq_lengths=(1, cache_len),
+                                    compute_q_blocks=False)  # forward only
 
 
 def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
