@@ -73,8 +73,10 @@ class SimpleEngine:
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
         available = attn_lib.available_backends(self.device)
         self.flex_decode = ("flex" in available) if flex_decode is None else flex_decode
-        # varlen and fa3 take any packed length without recompiling; sdpa runs anywhere
-        self.prefill_backend = prefill_backend or next(b for b in ("fa3", "varlen", "sdpa") if b in available)
+        # varlen and fa3 take any packed length without recompiling (in fp16/bf16); sdpa runs anywhere
+        half = model.lm_head.weight.dtype in (torch.float16, torch.bfloat16)
+        self.prefill_backend = prefill_backend or next(b for b in ("fa3", "varlen", "sdpa")
+                                                       if b in available and (half or b == "sdpa"))
         self.steps_per_check = steps_per_check
         self.prefill_tokens = prefill_tokens or (16384 if on_cuda else 2048)
 
