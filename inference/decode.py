@@ -45,6 +45,7 @@ class DecodeBatch:
 
     # -- one decode step ----------------------------------------------------------------------
 
+    @torch.no_grad()
     def step(self) -> None:
         positions = self.positions[:, None]
         if self.flex_decode:
@@ -70,6 +71,7 @@ class DecodeBatch:
         self.tokens.copy_(torch.where(keep, chosen, self.tokens))
         self.positions.copy_(torch.where(still, next_positions, self.positions))
 
+    @torch.no_grad()
     def run(self, steps: int) -> None:
         for _ in range(steps):
             if self.graph is not None:
@@ -77,6 +79,7 @@ class DecodeBatch:
             else:
                 self.step()
 
+    @torch.no_grad()
     def capture(self) -> None:
         """Capture `step` as a CUDA graph. Call while every slot is free: the warm-up steps then
         change nothing but the free rows' cache (which a prefill overwrites before it is read)."""

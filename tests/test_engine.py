@@ -77,10 +77,10 @@ def test_generation_stops_when_the_context_is_full(engine):
 
 
 def test_flex_decode_mask_equals_the_dense_mask(engine):
-    prompts = [engine.encode_prompt(p, "direct") for p in PROBLEMS[:5]]
+    prompts = [engine.encode_prompt(p, "direct") for p in PROBLEMS[:3]]
     flex = SimpleEngine(engine.model, engine.tokenizer, engine.context_len, compile=False, flex_decode=True)
-    assert flex.generate_ids(prompts, 6, batch_size=2, progress=False) == \
-        engine.generate_ids(prompts, 6, batch_size=2, progress=False)
+    assert flex.generate_ids(prompts, 4, batch_size=2, progress=False) == \
+        engine.generate_ids(prompts, 4, batch_size=2, progress=False)
 
 
 def test_sampling_is_seeded_and_independent_of_the_batch(engine):
