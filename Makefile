@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 TORCH_CPU_SPEC ?= torch==2.13.0
 DEMO_DIR ?= demo_data
 DEMO_RUN ?= runs/demo
+TTC_DIR ?= runs/ttc
 
-.PHONY: setup demo test bench table clean-demo
+.PHONY: setup demo ttc-demo test bench table clean-demo
 
 setup: $(VENV)/.installed
 
@@ -24,6 +25,15 @@ demo: setup
 	rm -rf $(DEMO_RUN)
 	$(PY) pretrain.py --config-name cfg_demo data.path=$(DEMO_DIR)/sampled checkpoint_path=$(DEMO_RUN)
 	$(PY) simple_inference_engine.py heldout --run $(DEMO_RUN) --heldout $(DEMO_DIR)/heldout.jsonl --report
+
+# Test-time compute (evaluation/search): step-by-step sums, a briefly trained model (reused when
+# its checkpoint exists), accuracy against compute per search method and recurrence depth.
+ttc-demo: setup
+	test -f $(TTC_DIR)/data/sampled/metadata.json || \
+	  $(PY) -m data_io.demo --task steps --out $(TTC_DIR)/data --train-size 20000 --heldout-size 500 --epochs 1
+	test -n "$$(ls $(TTC_DIR)/model/checkpoints 2>/dev/null)" || { rm -rf $(TTC_DIR)/model && \
+	  $(PY) pretrain.py --config-name cfg_ttc_demo data.path=$(TTC_DIR)/data/sampled checkpoint_path=$(TTC_DIR)/model; }
+	$(PY) -m evaluation.search.demo --run $(TTC_DIR)/model --heldout $(TTC_DIR)/data/heldout.jsonl --out $(TTC_DIR)
 
 test: setup
 	$(PY) -m pytest -q tests

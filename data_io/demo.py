@@ -9,10 +9,10 @@ Synthetic tasks a ~1-3M-parameter model learns within minutes on a CPU. `--task 
   sort     "sort 5129"       -> "1259"    (2..5 digits)
 The tokenizer splits digits one per token, so every sample stays under 20 tokens (context 64).
 
-`--task steps` (condition `cot`, for test-time search, `make ttc-demo`): a running sum of 3 or 4
-two-digit numbers written one step per line, then the answer line; every line is checkable on its
-own (`check_step`):
-  sum      "sum 23 45 17"    -> "23+45=68\n68+17=85\nanswer 85"
+`--task steps` (condition `cot`, for test-time search, `make ttc-demo`): a running sum of 4 or 5
+digits 1..9 written one step per line, then the answer line; every line is checkable on its own
+(`check_step`):
+  sum      "sum 7 5 8 6"     -> "7+5=12\n12+8=20\n20+6=26\nanswer 26"
 Writes DIR/corpus/train.jsonl, DIR/heldout.jsonl (problems absent from training; rows with
 instruction, response, condition), DIR/tokenizer/, DIR/tokenized/ and the sampled dataset DIR/sampled.
 """
@@ -43,7 +43,7 @@ def make_problem(rng: random.Random) -> tuple[str, str]:
 
 
 def make_step_problem(rng: random.Random) -> tuple[str, str]:
-    numbers = [rng.randrange(10, 100) for _ in range(rng.randint(3, 4))]
+    numbers = [rng.randrange(1, 10) for _ in range(rng.randint(4, 5))]
     lines, total = [], numbers[0]
     for n in numbers[1:]:
         lines.append(f"{total}+{n}={total + n}")

@@ -293,7 +293,7 @@ def test_demo_step_task_and_its_step_checker():
         instruction, response = make_step_problem(rng)
         numbers = [int(n) for n in instruction.split()[1:]]
         lines = response.split("\n")
-        assert 3 <= len(numbers) <= 4 and len(lines) == len(numbers)
+        assert 4 <= len(numbers) <= 5 and all(1 <= n <= 9 for n in numbers) and len(lines) == len(numbers)
         assert lines[-1] == f"answer {sum(numbers)}"
         assert all(check_step(instruction, lines[:k], line) for k, line in enumerate(lines))
 
