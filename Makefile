@@ -7,6 +7,7 @@ TORCH_CPU_SPEC ?= torch==2.13.0
 DEMO_DIR ?= demo_data
 DEMO_RUN ?= runs/demo
 TTC_DIR ?= runs/ttc
+TTC_ARGS ?=
 
 .PHONY: setup demo ttc-demo test bench table clean-demo
 
@@ -28,12 +29,13 @@ demo: setup
 
 # Test-time compute (evaluation/search): step-by-step sums, a briefly trained model (reused when
 # its checkpoint exists), accuracy against compute per search method and recurrence depth.
+# TTC_ARGS passes options to the last step, e.g. TTC_ARGS="--problems 50 --budgets 1,4,16".
 ttc-demo: setup
 	test -f $(TTC_DIR)/data/sampled/metadata.json || \
 	  $(PY) -m data_io.demo --task steps --out $(TTC_DIR)/data --train-size 20000 --heldout-size 500 --epochs 1
 	test -n "$$(ls $(TTC_DIR)/model/checkpoints 2>/dev/null)" || { rm -rf $(TTC_DIR)/model && \
 	  $(PY) pretrain.py --config-name cfg_ttc_demo data.path=$(TTC_DIR)/data/sampled checkpoint_path=$(TTC_DIR)/model; }
-	$(PY) -m evaluation.search.demo --run $(TTC_DIR)/model --heldout $(TTC_DIR)/data/heldout.jsonl --out $(TTC_DIR)
+	$(PY) -m evaluation.search.demo --run $(TTC_DIR)/model --heldout $(TTC_DIR)/data/heldout.jsonl --out $(TTC_DIR) $(TTC_ARGS)
 
 test: setup
 	$(PY) -m pytest -q tests
