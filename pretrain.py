@@ -36,7 +36,7 @@ from models.nets import bp_steps_at
 from models.optimizer import AdamATan2
 from training import checkpoint as ckpt
 from training import run_dir as run_files
-from training.config import TrainConfig, to_train_config
+from training.config import TrainConfig, accept_appends, to_train_config
 from training.distributed import Dist, broadcast_object, init_distributed
 from training.logger import MetricsLogger
 from training.parallel import parallelize
@@ -97,27 +97,33 @@ def check_start(cfg: TrainConfig, d: Dist) -> None:
              "`python -m data_io.sample_tokenized` (or `python -m data_io.demo --out DIR` and data.path=DIR/sampled)")
 
 
-def resolve_resume(cfg: TrainConfig) -> tuple[TrainConfig, Path | None]:
-    """The checkpoint to start from (None for a fresh run); a plain resume continues in the run's
-    own directory unless checkpoint_path says otherwise."""
+def resolve_resume(cfg: TrainConfig) -> tuple[TrainConfig, Path | None, bool]:
+    """The checkpoint to start from (None for a fresh run) and whether the run continues exactly
+    (its step, data position and RNG): when the checkpoint is one of ours, on the same data, and
+    not weights_only_resume_from_ema. A continued run stays in its own directory unless
+    checkpoint_path says otherwise. Otherwise it is a warm start, as the reference's resume: the
+    weights and optimizer state (moments, step counts, EMA; or the EMA weights and a fresh
+    optimizer), then step 0 of the new data (SFT)."""
     if not cfg.resume_from:
-        return cfg, None
+        return cfg, None, False
     resume_dir = Path(cfg.resume_from)
     try:
         run_files.check_resume_compatible(cfg.model_dump(), resume_dir, cfg.weights_only_resume_from_ema)
     except run_files.RunDirError as err:
         fail(str(err))
     checkpoint = ckpt.find_checkpoint(resume_dir, cfg.resume_epoch, cfg.resume_step)
-    if cfg.checkpoint_path is None and not cfg.weights_only_resume_from_ema:
+    same_data = run_files.read_config(resume_dir).get("data", {}).get("path") == cfg.data.path
+    continues = not cfg.weights_only_resume_from_ema and same_data and ckpt.has_trainer_state(checkpoint)
+    if continues and cfg.checkpoint_path is None:
         cfg = cfg.model_copy(update=dict(checkpoint_path=str(resume_dir), run_name=resume_dir.name,
                                          project_name=resume_dir.parent.name))
-    return cfg, checkpoint
+    return cfg, checkpoint, continues
 
 
-def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
-    if cfg.compute_dtype == "auto":
+def fwd_bwd_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    if cfg.fwd_bwd_dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, cfg.compute_dtype)
+    return getattr(torch, cfg.fwd_bwd_dtype)
 
 
 def new_optimizer(cfg: TrainConfig, model: LanguageModel) -> AdamATan2:
@@ -125,11 +131,12 @@ def new_optimizer(cfg: TrainConfig, model: LanguageModel) -> AdamATan2:
                      ema=cfg.ema, compile=model.compiled_loss)
 
 
-def set_up(cfg: TrainConfig, d: Dist) -> tuple[Run, Path | None]:
-    """Dataset, model (sharded and compiled) and optimizer of a run; the checkpoint to restore."""
+def set_up(cfg: TrainConfig, d: Dist) -> tuple[Run, Path | None, bool]:
+    """Dataset, model (sharded and compiled) and optimizer of a run; the checkpoint to restore and
+    whether the run continues from it exactly (resolve_resume)."""
     torch.manual_seed(cfg.seed)
     check_start(cfg, d)
-    cfg, resume_ckpt = resolve_resume(cfg)
+    cfg, resume_ckpt, continues = resolve_resume(cfg)
     cfg = derive_names(cfg, d)
     dataset = PackedDataset(cfg.data.path, cfg.global_batch_size, num_replicas=d.world_size, rank=d.rank,
                             epochs=cfg.epochs, target_only=cfg.data.target_only,
@@ -140,7 +147,7 @@ def set_up(cfg: TrainConfig, d: Dist) -> tuple[Run, Path | None]:
     total_steps = len(dataset)
     model = LanguageModel(cfg.arch, vocab_size).to(d.device)
     model.init_weights()
-    parallelize(model, compute_dtype(cfg, d.device), unit=cfg.shard_unit,
+    parallelize(model, fwd_bwd_dtype(cfg, d.device), unit=cfg.shard_unit,
                 compile=cfg.compile is True or (cfg.compile == "auto" and d.device.type == "cuda"),
                 activation_memory_budget=cfg.activation_memory_budget)
     run = Run(cfg, Path(cfg.checkpoint_path), dataset, model, new_optimizer(cfg, model),
@@ -149,22 +156,26 @@ def set_up(cfg: TrainConfig, d: Dist) -> tuple[Run, Path | None]:
               flops_per_token=functools.cache(functools.partial(executed_flops_per_token, cfg.arch, vocab_size,
                                                                 context_len)),
               flops=functools.partial(executed_flops, cfg.arch, vocab_size))
-    return run, resume_ckpt
+    return run, resume_ckpt, continues
 
 
-def restore(run: Run, checkpoint: Path, d: Dist) -> None:
-    """Continue a run from its checkpoint, or (SFT) start from a checkpoint's EMA weights with a
-    fresh optimizer."""
+def restore(run: Run, checkpoint: Path, continues: bool, d: Dist) -> None:
+    """Continue a run from its checkpoint, or warm-start from a checkpoint (resolve_resume): its
+    weights and optimizer state, or (weights_only_resume_from_ema) its EMA weights with a fresh
+    optimizer."""
     if run.cfg.weights_only_resume_from_ema:
         ckpt.load_ema_weights(checkpoint, run.model, run.optimizer)
         run.optimizer = new_optimizer(run.cfg, run.model)
-        message = f"SFT: starting from the EMA weights of {checkpoint} with a fresh optimizer"
-    else:
+        message = f"starting from the EMA weights of {checkpoint} with a fresh optimizer"
+    elif continues:
         ckpt.load_checkpoint(checkpoint, run.model, run.optimizer)
         state = ckpt.read_trainer_state(checkpoint)
         run.step = state["step"]
         run.dataset.load_state_dict(state["data"])
         message = f"resuming {checkpoint} at step {run.step} (data position {state['data']})"
+    else:
+        ckpt.load_checkpoint(checkpoint, run.model, run.optimizer)
+        message = f"starting from the weights and optimizer state (moments, EMA) of {checkpoint} at step 0"
     if d.is_main:
         print(message, flush=True)
 
@@ -228,7 +239,7 @@ def train(run: Run, d: Dist, logger: MetricsLogger | None) -> None:
         batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
         run.step += 1
         lr = lr_at(run.step, run.total_steps, cfg.lr, cfg.lr_warmup_steps, cfg.lr_min_ratio)
-        bp_steps = bp_steps_at(cfg.arch, run.step - 1, run.total_steps)
+        bp_steps = bp_steps_at(cfg.arch, run.step, run.total_steps)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         layout = attn_lib.build_layout(batch["cu_seqlens"], batch["prefix_lens"], total_len=dataset.batch_max_length,
@@ -244,8 +255,8 @@ def train(run: Run, d: Dist, logger: MetricsLogger | None) -> None:
             freeze_startup_objects()
         if run.step % cfg.log_interval == 0 or run.step == run.last_step:
             log_window(run, window, logger, bar, lr, bp_steps, grad_norm)
-        name = checkpoint_name(run.step, run.last_step, dataset.state_dict()["step"] == 0, stats["epoch"],
-                               cfg.checkpoint_every_steps)
+        name = checkpoint_name(run.step, run.last_step, dataset.state_dict()["step"] == 0, stats["epoch"], cfg.epochs,
+                               cfg.checkpoint_interval, cfg.checkpoint_every_steps)
         if name:
             save(run, name, d)
         if run.step >= run.last_step:
@@ -260,9 +271,9 @@ def train(run: Run, d: Dist, logger: MetricsLogger | None) -> None:
 
 
 def run_training(cfg: TrainConfig, d: Dist) -> None:
-    run, resume_ckpt = set_up(cfg, d)
+    run, resume_ckpt, continues = set_up(cfg, d)
     if resume_ckpt is not None:
-        restore(run, resume_ckpt, d)
+        restore(run, resume_ckpt, continues, d)
     logger = start_run_directory(run, d)
     train(run, d, logger)
     if logger:
@@ -284,6 +295,7 @@ def main(hydra_cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     # Hydra's own output directories are not wanted: the run directory holds everything.
-    sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    sys.argv = [sys.argv[0], *accept_appends(sys.argv[1:]), "hydra.run.dir=.", "hydra.output_subdir=null",
+                "hydra/job_logging=none", "hydra/hydra_logging=none"]
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     main()

@@ -35,8 +35,12 @@ def check_exportable(arch) -> None:
     problems = []
     if arch.net not in EXPORTABLE:
         problems.append(f"net {arch.net!r} has no faithful hrm_text form (exportable nets: {', '.join(EXPORTABLE)})")
-    if arch.post_norm:
-        problems.append("post_norm=true (hrm_text blocks are pre-norm)")
+    if arch.norm_type != "pre":
+        problems.append(f"norm_type={arch.norm_type} (hrm_text blocks are pre-norm)")
+    if arch.pos_emb_type != "rope":
+        problems.append(f"pos_emb_type={arch.pos_emb_type} (hrm_text applies RoPE)")
+    if arch.inject_input:
+        problems.append("inject_input=true (hrm_text's L calls see z_L + z_H only)")
     if arch.H_override:
         problems.append(f"H_override={arch.H_override} (hrm_text's H and L stacks share one shape)")
     if arch.net == "hrm" and not arch.half_layers and arch.stack("L").n_layers != arch.stack("H").n_layers:
@@ -84,7 +88,7 @@ def hf_config(arch, vocab_size: int, context_len: int, bos_token_id: int, eos_to
         max_position_embeddings=context_len, rms_norm_eps=arch.norm_eps,
         rope_parameters={"rope_type": "default", "rope_theta": float(arch.rope_theta)},
         H_cycles=arch.H_cycles if is_hrm else 1, L_cycles=arch.L_cycles if is_hrm else 0,
-        initializer_range=1.0 / arch.hidden_size ** 0.5, embedding_scale=float(arch.hidden_size ** 0.5),
+        initializer_range=arch.embedding_std, embedding_scale=1.0 / arch.embedding_std,
         prefix_lm=arch.attn_type == "prefixlm", tie_word_embeddings=False,
         bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
     )

@@ -41,32 +41,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # Initializers
 
 
+# 1 / std of fmod(N(0, 1), 3): restores unit std after folding the tails back
+FOLDED_NORMAL_STD_CORRECTION = 1.014762601732121
+
+
+@torch.no_grad()
 def trunc_normal_(weight: torch.Tensor, std: float) -> torch.Tensor:
-    """Normal truncated at ±2 std, rescaled so the result really has standard deviation `std`
-    (plain truncation at 2 sigma shrinks it by a factor of about 0.88)."""
-    if std == 0:
-        return nn.init.zeros_(weight)
-    # std of a standard normal truncated to [-2, 2]
-    a, b = -2.0, 2.0
-    z = (math.erf(b / math.sqrt(2)) - math.erf(a / math.sqrt(2))) / 2  # probability mass inside
-    pdf = lambda t: math.exp(-t * t / 2) / math.sqrt(2 * math.pi)  # noqa: E731
-    truncated_std = math.sqrt(1 - 2 * b * pdf(b) / z)
-    return nn.init.trunc_normal_(weight, mean=0.0, std=std / truncated_std, a=a * std / truncated_std, b=b * std / truncated_std)
-
-
-def init_linear(weight: torch.Tensor, scheme: str, n_layers_total: int, is_output_proj: bool) -> None:
-    """`lecun_normal`: truncated normal with std 1/sqrt(fan_in). `fixed_normal`: normal, std 0.02.
-    `megatron`: normal, std 0.02, output projections (o_proj, down_proj) scaled by 1/sqrt(2 * layers)."""
-    fan_in = weight.shape[1]
-    if scheme == "lecun_normal":
-        trunc_normal_(weight, 1.0 / math.sqrt(fan_in))
-    elif scheme == "fixed_normal":
-        nn.init.normal_(weight, std=0.02)
-    elif scheme == "megatron":
-        std = 0.02 / math.sqrt(2 * n_layers_total) if is_output_proj else 0.02
-        nn.init.normal_(weight, std=std)
-    else:
-        raise ValueError(f"unknown init scheme {scheme!r}")
+    """The reference's truncated normal: a standard normal with values beyond ±3 folded back in by
+    fmod (|x| < 3), rescaled so the result has standard deviation `std`."""
+    return weight.normal_().fmod_(3.0).mul_(FOLDED_NORMAL_STD_CORRECTION * std)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,7 +148,8 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, ctx: AttentionContext, call: int):
         B, T, _ = x.shape
         gate, q, k, v = self.gqkv_proj(x).view(B, T, 4, self.num_heads, self.head_dim).unbind(2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cos is not None:  # pos_emb_type rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if isinstance(ctx, PackedContext):
             if ctx.cache is not None:
                 ctx.cache.write(call, self.layer_index, ctx.cache_rows, ctx.cache_positions, k[0], v[0])
@@ -190,7 +174,7 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: StackConfig, layer_index: int):
         super().__init__()
-        self.eps, self.post_norm = cfg.norm_eps, cfg.post_norm
+        self.eps, self.post_norm = cfg.norm_eps, cfg.norm_type == "post"
         self.attn = Attention(cfg, layer_index)
         self.mlp = SwiGLU(cfg)
 
@@ -211,15 +195,18 @@ class Stack(nn.Module):
         self.cfg = cfg
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
 
-    def forward(self, x, rope: tuple[torch.Tensor, torch.Tensor], ctx: AttentionContext, call: int):
-        """rope: the (cos, sin) tables of rope_cos_sin for this stack's head_dim and theta."""
-        cos, sin = rope
+    def forward(self, x, rope: tuple[torch.Tensor, torch.Tensor] | None, ctx: AttentionContext, call: int):
+        """rope: the (cos, sin) tables of rope_cos_sin for this stack's head_dim and theta; None
+        with pos_emb_type none (no position information but the causal mask's)."""
+        cos, sin = rope if rope is not None else (None, None)
         for layer in self.layers:
             x = layer(x, cos, sin, ctx, call)
-        return x if self.cfg.post_norm else rms_norm(x, self.cfg.norm_eps)
+        return rms_norm(x, self.cfg.norm_eps) if self.cfg.norm_type == "pre" else x
 
-    def init_weights(self, scheme: str, n_layers_total: int) -> None:
+    def init_weights(self) -> None:
+        """Each projection by the stack's `init_type` (StackConfig.init_stds)."""
+        in_std, attn_out_std, mlp_out_std = self.cfg.init_stds
         for layer in self.layers:
-            for proj, is_output in ((layer.attn.gqkv_proj, False), (layer.attn.o_proj, True),
-                                    (layer.mlp.gate_up_proj, False), (layer.mlp.down_proj, True)):
-                init_linear(proj.weight, scheme, n_layers_total, is_output)
+            for proj, std in ((layer.attn.gqkv_proj, in_std), (layer.attn.o_proj, attn_out_std),
+                              (layer.mlp.gate_up_proj, in_std), (layer.mlp.down_proj, mlp_out_std)):
+                trunc_normal_(proj.weight, std)

@@ -1,7 +1,5 @@
 """The language model: scaled token embedding -> net (recurrence of stacks) -> untied LM head."""
 
-import math
-
 import torch
 from torch import nn
 
@@ -22,17 +20,16 @@ class LanguageModel(nn.Module):
         self.arch = arch
         self.vocab_size = vocab_size
         self.embed_tokens = nn.Embedding(vocab_size, arch.hidden_size)
-        # Table initialised with std s = 1/sqrt(hidden); its output is multiplied by 1/s.
-        self.embedding_std = 1.0 / math.sqrt(arch.hidden_size)
-        self.embedding_scale = 1.0 / self.embedding_std
         self.net = build_net(arch)
+        self.embedding_std = arch.embedding_std
+        self.embedding_scale = 1.0 / self.embedding_std
         self.lm_head = nn.Linear(arch.hidden_size, vocab_size, bias=False)
         self.compiled_loss = False  # set by training.parallel.compile_units (models/lm_head.py)
 
     @torch.no_grad()
     def init_weights(self) -> None:
         trunc_normal_(self.embed_tokens.weight, self.embedding_std)
-        trunc_normal_(self.lm_head.weight, 1.0 / math.sqrt(self.arch.hidden_size))
+        trunc_normal_(self.lm_head.weight, self.embedding_std)
         self.net.init_weights()
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, ctx: AttentionContext,

@@ -1,22 +1,28 @@
-"""The six nets (docs/DESIGN.md, "Model"): how stacks are called in sequence and which calls carry gradient.
+"""The six nets (docs/DESIGN.md, "Model"): how stacks are called in sequence and which calls carry
+gradient, as the reference's (sapientinc/HRM-Text models/baselines/*_nocarry*.py) with its key names.
 
 Every net is a sequence of module calls, each of role "L" or "H". `call_plan(bp_steps)` lists
 them in order with a flag saying whether the call runs with gradient; the rest run under
 `torch.no_grad()`, which bounds activation memory (one-step gradient approximation).
 
-| net                  | stacks                   | calls                          | calls with gradient        |
-|----------------------|--------------------------|--------------------------------|----------------------------|
-| transformer          | one, n_layers            | f(x)                           | the one call               |
-| hrm                  | L and H, n_layers/2 each | H_cycles x (L_cycles x L, H)   | last min(H, b-1) H, b-rest L |
-| trm                  | one shared, n_layers     | 2 x (1 x L, H), x into every L | last H, last L             |
-| trm_match_recurrence | one shared, n_layers/2   | 2 x (3 x L, H), x into every L | last 2 H, last 3 L         |
-| rins                 | L and H, n_layers/2 each | 7 x L, then H                  | last 4 L, the H            |
-| ut                   | one, n_layers            | 4 x L                          | last 2                     |
+| net                  | stacks                   | calls                          | calls with gradient              |
+|----------------------|--------------------------|--------------------------------|----------------------------------|
+| transformer          | one, n_layers            | f(x)                           | the one call                     |
+| hrm                  | L and H, n_layers/2 each | H_cycles x (L_cycles x L, H)   | last min(H, b-1) H, b-rest L     |
+| trm                  | one shared, n_layers     | H_cycles x (L_cycles x L, H)   | last H_bp_steps H, L_bp_steps L  |
+| trm_match_recurrence | one shared, n_layers/2   | the same, its own cycle counts | the same                         |
+| rins                 | L and H, n_layers/2 each | L_cycles x L, then H           | last L_bp_cycles L, the H        |
+| ut                   | one, n_layers            | cycles x L                     | last bp_cycles                   |
 
-The cycle counts come from arch/net/<net>.yaml; the baselines' gradient rules are fixed here.
-Decisions (docs/DESIGN.md, "Decisions"): the TRM nets share one stack between both roles (so
-`trm_match_recurrence` matches HRM's executed compute with half its parameters) and inject the
-embedded input into every L call, as TRM does.
+The counts come from arch/net/<net>.yaml (b = bp_steps, HRM's warmed-up gradient depth).
+
+Input injection: in hrm and the TRM nets an L call sees z_L + z_H and an H call z_H + z_L; the
+embedded input x reaches them only as z_H's starting value. So the embedding gets a gradient only
+when the first H call carries one: in hrm from b = 3 on (H_bp_steps = min(H_cycles, b-1) = 2), in
+trm_match_recurrence always (H_bp_steps 2), in trm (H_bp_steps 1) never: its embedding stays at its
+initial values, as in the reference. `inject_input: true` adds x to every L call
+(z_L + z_H + x, as the TRM paper does), which trains the embedding through the last L call.
+rins and ut add x to every call by design.
 """
 
 import torch
@@ -27,12 +33,12 @@ from models.layers import AttentionContext, Stack, rope_cos_sin, trunc_normal_
 
 
 def bp_steps_at(arch: ArchConfig, step: int, total_steps: int) -> int:
-    """HRM's gradient-depth warmup: b grows linearly from 2 to bp_max_steps over the first
-    bp_warmup_ratio of training, then stays there."""
-    warmup_steps = arch.bp_warmup_ratio * total_steps
-    if warmup_steps <= 0 or step >= warmup_steps:
-        return arch.bp_max_steps
-    return 2 + int((arch.bp_max_steps - 2) * step / warmup_steps)
+    """HRM's gradient-depth warmup at optimizer step `step` (1 for the first update), as the
+    reference: b grows linearly from bp_min_steps to bp_max_steps over the first bp_warmup_ratio
+    of the total_steps, then stays there."""
+    warmup_steps = total_steps * arch.bp_warmup_ratio
+    progress = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
+    return arch.bp_min_steps + int(progress * (arch.bp_max_steps - arch.bp_min_steps))
 
 
 def _mark_last(roles: list[str], grad_per_role: dict[str, int]) -> list[tuple[str, bool]]:
@@ -64,12 +70,13 @@ class Net(nn.Module):
     def stack_name(self, role: str) -> str:
         return "L" if self.shared_stack or role == "L" else "H"
 
-    def rope_tables(self, position_ids: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Each stack's RoPE cos/sin for these positions, made once per forward and passed to every
-        call: inside a compiled stack they would be recomputed (sin, cos, pow) in each block's
-        kernels, forward and backward, which makes those kernels compute-bound."""
+    def rope_tables(self, position_ids: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Each stack's RoPE cos/sin for these positions (None with pos_emb_type none), made once
+        per forward and passed to every call: inside a compiled stack they would be recomputed
+        (sin, cos, pow) in each block's kernels, forward and backward, which makes those kernels
+        compute-bound."""
         return {name: rope_cos_sin(position_ids, stack.cfg.head_dim, stack.cfg.rope_theta)
-                for name, stack in self.stacks.items()}
+                if stack.cfg.pos_emb_type == "rope" else None for name, stack in self.stacks.items()}
 
     @property
     def num_calls(self) -> int:
@@ -97,9 +104,8 @@ class Net(nn.Module):
         return self.call_plan_for(self.arch, bp_steps)
 
     def init_weights(self) -> None:
-        total_layers = sum(stack.cfg.n_layers for stack in self.stacks.values())
         for stack in self.stacks.values():
-            stack.init_weights(self.arch.init, total_layers)
+            stack.init_weights()
         trunc_normal_(self.z_L_init, 1.0)
 
     def run_call(self, role, x, rope, ctx, call, grad):
@@ -129,10 +135,7 @@ class Transformer(Net):
 
 class HRM(Net):
     """z_H starts as the embedded input x, z_L as z_L_init. Per H cycle: L_cycles times
-    z_L = L(z_L + z_H), then z_H = H(z_H + z_L). Output z_H. (No input injection: while b = 2,
-    the first H call runs without gradient, so the embedding table receives none.)"""
-
-    inject_input = False
+    z_L = L(z_L + z_H) (+ x with inject_input), then z_H = H(z_H + z_L). Output z_H."""
 
     @classmethod
     def roles(cls, arch):
@@ -140,6 +143,7 @@ class HRM(Net):
 
     @classmethod
     def grad_calls(cls, arch, bp_steps):
+        # H first, and at least one L call
         h = min(arch.H_cycles, bp_steps - 1)
         return {"H": h, "L": bp_steps - h}
 
@@ -147,34 +151,26 @@ class HRM(Net):
         z_H, z_L = x, self.z_L_init.to(x.dtype).expand_as(x)
         for call, (role, grad) in enumerate(self.call_plan(bp_steps)):
             if role == "L":
-                z_L = self.run_call("L", z_L + z_H + x if self.inject_input else z_L + z_H, rope, ctx, call, grad)
+                z_L = self.run_call("L", z_L + z_H + x if self.arch.inject_input else z_L + z_H, rope, ctx, call, grad)
             else:
                 z_H = self.run_call("H", z_H + z_L, rope, ctx, call, grad)
         return z_H
 
 
 class TRM(HRM):
-    """HRM's recurrence through one shared stack, with TRM's input injection into every L call
-    (z_L = f(z_L + z_H + x)): with gradient on only the last L and H calls, the embedding would
-    otherwise never receive a gradient."""
+    """HRM's recurrence through one shared stack, with fixed gradient counts (H_bp_steps,
+    L_bp_steps) instead of the warmup. trm_match_recurrence is this net with HRM's cycle counts
+    and half the layers (its yaml)."""
 
     shared_stack = True
-    inject_input = True
 
     @classmethod
     def grad_calls(cls, arch, bp_steps):
-        return {"H": 1, "L": 1}
-
-
-class TRMMatchRecurrence(TRM):
-
-    @classmethod
-    def grad_calls(cls, arch, bp_steps):
-        return {"H": 2, "L": 3}
+        return {"H": arch.H_bp_steps, "L": arch.L_bp_steps}
 
 
 class RINS(Net):
-    """z_L = L(z_L + x) L_cycles times (gradient on the last 4), then one H(z_L) call."""
+    """z_L = L(z_L + x) L_cycles times (gradient on the last L_bp_cycles), then one H(z_L) call."""
 
     @classmethod
     def roles(cls, arch):
@@ -182,7 +178,7 @@ class RINS(Net):
 
     @classmethod
     def grad_calls(cls, arch, bp_steps):
-        return {"L": 4, "H": 1}
+        return {"L": arch.L_bp_cycles, "H": 1}
 
     def forward(self, x, rope, ctx, bp_steps):
         z_L = self.z_L_init.to(x.dtype).expand_as(x)
@@ -194,17 +190,17 @@ class RINS(Net):
 
 
 class UniversalTransformer(Net):
-    """One stack applied L_cycles times: z = f(z + x), gradient on the last 2 calls."""
+    """One stack applied `cycles` times: z = f(z + x), gradient on the last bp_cycles calls."""
 
     uses_h_stack = False
 
     @classmethod
     def roles(cls, arch):
-        return ["L"] * arch.L_cycles
+        return ["L"] * arch.cycles
 
     @classmethod
     def grad_calls(cls, arch, bp_steps):
-        return {"L": 2}
+        return {"L": arch.bp_cycles}
 
     def forward(self, x, rope, ctx, bp_steps):
         z = self.z_L_init.to(x.dtype).expand_as(x)
@@ -217,7 +213,7 @@ NET_CLASSES: dict[str, type[Net]] = {
     "transformer": Transformer,
     "hrm": HRM,
     "trm": TRM,
-    "trm_match_recurrence": TRMMatchRecurrence,
+    "trm_match_recurrence": TRM,
     "rins": RINS,
     "ut": UniversalTransformer,
 }

@@ -19,7 +19,7 @@ from training import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 64
-TINY = ["arch/size@arch=tiny", "arch.hidden_size=64", "arch.num_heads=2", "compute_dtype=float32",
+TINY = ["arch/size@arch=tiny", "arch.hidden_size=64", "arch.num_heads=2", "fwd_bwd_dtype=float32",
         "compile=false", "wandb_mode=disabled", "log_interval=1", "lr_warmup_steps=2", "lr=3e-3", "epochs=2"]
 
 
@@ -146,7 +146,8 @@ def test_resume_after_sigkill_is_exact(mixed_lengths, tmp_path):
     assert sorted(after) == steps
     for step in steps:
         assert after[step] == full[step], (step, after[step], full[step])  # exact on CPU fp32
-    assert any(p.name == "epoch_1" for p in ckpt.complete_checkpoints(killed))
+    # the last of the two epochs, 1-based as the reference names it
+    assert any(p.name == "fsdp2_epoch_2" for p in ckpt.complete_checkpoints(killed))
 
 
 def test_sft_starts_from_ema_weights(mixed_lengths, tmp_path):
@@ -156,7 +157,8 @@ def test_sft_starts_from_ema_weights(mixed_lengths, tmp_path):
     sft = tmp_path / "sft"
     # lr=0: the first SFT step leaves the weights where SFT started
     pretrain([f"resume_from={base}", f"data.path={mixed_lengths}", "global_batch_size=256", "max_steps=1",
-              "lr=0.0", "lr_warmup_steps=0", f"checkpoint_path={sft}"], config_name="cfg_sft")
+              "lr=0.0", "lr_warmup_steps=0", f"checkpoint_path={sft}", "weights_only_resume_from_ema=true"],
+             config_name="cfg_sft")
 
     from models.model import LanguageModel
     from training.config import compose
@@ -175,6 +177,44 @@ def test_sft_starts_from_ema_weights(mixed_lengths, tmp_path):
     state = ckpt.read_trainer_state(sft_ckpt)
     assert state["step"] == 1 and (state["data"]["epoch"], state["data"]["step"]) == (0, 1)  # SFT counts from 0
     assert optimizer_step_count(sft_ckpt) == 1 and optimizer_step_count(base_ckpt) == 4  # fresh optimizer
+
+
+def test_sft_by_default_keeps_the_optimizer_state_and_ema(mixed_lengths, tmp_path):
+    """The reference's SFT defaults: the pretrained run's live weights, moments, step counts and
+    EMA carry over; the SFT data starts at its step 0."""
+    from training.config import compose
+
+    cfg = compose("cfg_sft", ["resume_from=RUN", "data.path=SFT"])
+    assert (cfg.weights_only_resume_from_ema, cfg.epochs, cfg.global_batch_size, cfg.checkpoint_interval,
+            cfg.lr, cfg.lr_min_ratio, cfg.lr_warmup_steps, cfg.ema, cfg.arch.bp_warmup_ratio) == \
+        (False, 5, 32768, 1, 3e-5, 0.1, 0, 0.999, 0.0)
+    base = tmp_path / "base"
+    pretrain([f"data.path={mixed_lengths}", "global_batch_size=256", "max_steps=4", "ema=0.5",
+              f"checkpoint_path={base}"])
+    sft_data = write_sampled(tmp_path / "sft_data", [(5, 6)] * 64, seed=3)
+    sft = tmp_path / "sft"
+    # lr=0: the first SFT step leaves the live weights where the pretrained run left them
+    pretrain([f"resume_from={base}", f"data.path={sft_data}", "global_batch_size=256", "max_steps=1",
+              "lr=0.0", "lr_warmup_steps=0", f"checkpoint_path={sft}"], config_name="cfg_sft")
+
+    from models.model import LanguageModel
+
+    arch = compose("cfg_pretrain", TINY[:3]).arch
+    base_live, base_ema, sft_live, sft_ema = (LanguageModel(arch, 256) for _ in range(4))
+    base_ckpt, sft_ckpt = ckpt.find_checkpoint(base), ckpt.find_checkpoint(sft)
+    ckpt.load_model_weights(base_ckpt, base_live, use_ema=False)
+    ckpt.load_model_weights(base_ckpt, base_ema, use_ema=True)
+    ckpt.load_model_weights(sft_ckpt, sft_live, use_ema=False)
+    ckpt.load_model_weights(sft_ckpt, sft_ema, use_ema=True)
+    for name, p in base_live.state_dict().items():
+        torch.testing.assert_close(sft_live.state_dict()[name], p, rtol=0, atol=0, msg=name)
+    # one EMA step at the SFT rate 0.999 from the pretrained EMA towards the (unchanged) weights
+    w_live, w_ema = base_live.lm_head.weight, base_ema.lm_head.weight
+    assert not torch.equal(w_live, w_ema)
+    torch.testing.assert_close(sft_ema.lm_head.weight, w_ema + 0.001 * (w_live - w_ema), rtol=0, atol=1e-7)
+    assert optimizer_step_count(sft_ckpt) == 5 and optimizer_step_count(base_ckpt) == 4  # moments continue
+    state = ckpt.read_trainer_state(sft_ckpt)
+    assert state["step"] == 1 and (state["data"]["epoch"], state["data"]["step"]) == (0, 1)
 
 
 def optimizer_step_count(path: Path) -> float:

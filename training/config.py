@@ -47,7 +47,7 @@ class TrainConfig(BaseModel):
     grad_clip: float | None = Field(None, gt=0)  # max global gradient norm; None: not clipped
     seed: int = 0
 
-    compute_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    fwd_bwd_dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # parameters and activations in forward and backward
     compile: Literal["auto", True, False] = "auto"
     # auto: the fastest correct kernels installed for this device (models/attention.py)
     attn_backend: Literal["auto", "sdpa", "varlen", "fa3", "flex", "flex_fa4"] = "auto"
@@ -60,6 +60,7 @@ class TrainConfig(BaseModel):
     activation_memory_budget: float = 0.7
 
     log_interval: int = 10
+    checkpoint_interval: int = 1  # epochs between epoch checkpoints (the last epoch always has one)
     checkpoint_every_steps: int | None = 1000
     keep_last: int = 3
     resume_from: str | None = None
@@ -70,7 +71,7 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
-        for key in ("global_batch_size", "epochs", "log_interval", "keep_last"):
+        for key in ("global_batch_size", "epochs", "log_interval", "keep_last", "checkpoint_interval"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0.0 <= self.activation_memory_budget <= 1.0:
@@ -95,9 +96,21 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
         raise SystemExit("invalid configuration:\n" + "\n".join(lines)) from None
 
 
+def accept_appends(args: list[str]) -> list[str]:
+    """Command-line overrides with `+key=value` read as `++key=value` (set the key, adding it if
+    missing). The reference's configs list fewer keys, so its recipes add some with `+` (e.g.
+    `+checkpoint_path=`, `+arch.init_std=`); ours lists them, and Hydra refuses `+` for a key that
+    exists. A key the schema does not know still fails, at validation. Group appends
+    (`+group@pkg=option`) are left as they are."""
+    def is_key_append(arg: str) -> bool:
+        key = arg.split("=", 1)[0]
+        return arg.startswith("+") and not arg.startswith("++") and "=" in arg and not set("/@") & set(key)
+    return ["+" + arg if is_key_append(arg) else arg for arg in args]
+
+
 def compose(config_name: str = "cfg_pretrain", overrides: list[str] | None = None) -> TrainConfig:
     """Compose and validate a config outside a Hydra app (tests, benches, tools)."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return to_train_config(hydra_compose(config_name=config_name, overrides=overrides or []))
+        return to_train_config(hydra_compose(config_name=config_name, overrides=accept_appends(overrides or [])))

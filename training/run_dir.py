@@ -8,6 +8,9 @@ read (docs/DESIGN.md, "Run directory"). Its one home: no other module names thes
     <run_dir>/code/                  a snapshot of the code that ran
     <run_dir>/metrics.jsonl          one line per logged step (training/logger.py, METRICS_FILE)
     <run_dir>/checkpoints/<name>/    distributed checkpoints (training/checkpoint.py)
+
+The reference's run directories (training/reference_run.py) load for generation, evaluation,
+export, SFT and warm starts.
 """
 
 import json
@@ -21,6 +24,7 @@ from data_io.text_tokenizer import TextTokenizer, tokenizer_file, tokenizer_from
 from models.config import ArchConfig
 from models.model import LanguageModel, model_vocab_size
 from training import checkpoint as ckpt
+from training import reference_run
 
 CONFIG = "all_config.yaml"
 TRAIN_METADATA = "train_metadata.yaml"
@@ -47,7 +51,9 @@ def read_config(run_dir: str | Path) -> dict:
 
 
 def read_arch(config: dict, override: dict | None = None) -> ArchConfig:
-    saved = {k: v for k, v in config["arch"].items() if k not in _FORMER_ARCH_KEYS}
+    """The architecture of a saved config: ours, or the reference's (training/reference_run.py)."""
+    arch = reference_run.reference_arch(config["arch"]) if reference_run.is_reference_config(config) else config["arch"]
+    saved = {k: v for k, v in arch.items() if k not in _FORMER_ARCH_KEYS}
     return ArchConfig.model_validate({**saved, **(override or {})})
 
 
@@ -108,11 +114,19 @@ def load_run(run_dir: str | Path, ckpt_epoch: int | None = None, ckpt_step: int 
     """The model (weights of the latest complete checkpoint, or of an epoch or step), its
     tokenizer and context length, for generation, evaluation and export."""
     run_dir = Path(run_dir)
-    arch = read_arch(read_config(run_dir), arch_override)
-    meta = json.loads((run_dir / DATASET_METADATA).read_text())
-    info = json.loads((run_dir / TOKENIZER_DIR / TOKENIZER_INFO).read_text())
+    config = read_config(run_dir)
+    arch = read_arch(config, arch_override)
+    if reference_run.is_reference_config(config):
+        # its dataset metadata (tokenizer_info with the tokenizer's own path) and unrounded vocabulary
+        meta = yaml.safe_load((run_dir / reference_run.REFERENCE_DATASET_METADATA).read_text())
+        info = meta["tokenizer_info"]
+        vocab_size = meta.get("vocab_size") or info["vocab_size"]
+    else:
+        meta = json.loads((run_dir / DATASET_METADATA).read_text())
+        info = json.loads((run_dir / TOKENIZER_DIR / TOKENIZER_INFO).read_text())
+        vocab_size = model_vocab_size(info["vocab_size"])
     tokenizer = tokenizer_from_info(info, run_dir)
-    model = LanguageModel(arch, model_vocab_size(info["vocab_size"]))
+    model = LanguageModel(arch, vocab_size)
     checkpoint = ckpt.find_checkpoint(run_dir, ckpt_epoch, ckpt_step)
     ckpt.load_model_weights(checkpoint, model, use_ema=use_ema)
     model.to(device).eval()

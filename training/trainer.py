@@ -10,6 +10,7 @@ import torch
 
 from models.layers import PackedContext
 from models.lm_head import IGNORE_LABEL, sample_ids_from_cu_seqlens
+from training import checkpoint as ckpt
 from training.distributed import all_reduce_sum
 from training.parallel import clip_grad_norm_, reshard
 
@@ -97,11 +98,13 @@ class MetricsWindow:
         return values
 
 
-def checkpoint_name(step: int, last_step: int, epoch_ended: bool, epoch: int, every_steps: int | None) -> str | None:
-    """The checkpoint to write after `step`: one at each epoch end, one at the last step and one
-    every `every_steps` steps; None when none is due."""
-    if epoch_ended:
-        return f"epoch_{epoch}"
+def checkpoint_name(step: int, last_step: int, epoch_ended: bool, epoch: int, epochs: int, checkpoint_interval: int,
+                    every_steps: int | None) -> str | None:
+    """The checkpoint to write after `step` (in 0-based `epoch` of `epochs`): one at the end of every
+    `checkpoint_interval`-th epoch and of the last (named for the 1-based epoch, as the reference
+    names them), one at the last step and one every `every_steps` steps; None when none is due."""
+    if epoch_ended and ((epoch + 1) % checkpoint_interval == 0 or epoch + 1 == epochs):
+        return ckpt.epoch_checkpoint_name(epoch + 1)
     if step == last_step or (every_steps and step % every_steps == 0):
         return f"step_{step}"
     return None
