@@ -8,6 +8,8 @@ DEMO_DIR ?= demo_data
 DEMO_RUN ?= runs/demo
 TTC_DIR ?= runs/ttc
 TTC_ARGS ?=
+# e.g. DEMO_FLAGS="--special-tokens data_io": the demo with data_io's special-token strings
+DEMO_FLAGS ?=
 
 .PHONY: setup demo ttc-demo test bench table clean-demo
 
@@ -22,7 +24,7 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 demo: setup
-	test -f $(DEMO_DIR)/sampled/metadata.json || $(PY) -m data_io.demo --out $(DEMO_DIR)
+	test -f $(DEMO_DIR)/sampled/metadata.json || $(PY) -m data_io.demo --out $(DEMO_DIR) $(DEMO_FLAGS)
 	rm -rf $(DEMO_RUN)
 	$(PY) pretrain.py --config-name cfg_demo data.path=$(DEMO_DIR)/sampled checkpoint_path=$(DEMO_RUN)
 	$(PY) simple_inference_engine.py heldout --run $(DEMO_RUN) --heldout $(DEMO_DIR)/heldout.jsonl --report

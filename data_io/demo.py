@@ -15,6 +15,8 @@ digits 1..9 written one step per line, then the answer line; every line is check
   sum      "sum 7 5 8 6"     -> "7+5=12\n12+8=20\n20+6=26\nanswer 26"
 Writes DIR/corpus/train.jsonl, DIR/heldout.jsonl (problems absent from training; rows with
 instruction, response, condition), DIR/tokenizer/, DIR/tokenized/ and the sampled dataset DIR/sampled.
+With --special-tokens data_io the tokenizer holds data_io's special tokens instead of ours, so the
+data, the run and its export use data_io's strings (boq <|im_start|>, eoq <|im_end|>, eoa <|box_end|>).
 """
 
 import argparse
@@ -25,7 +27,7 @@ from pathlib import Path
 from data_io import DataError
 from data_io.sample_tokenized import SampleConfig, sample
 from data_io.tokenize import tokenize
-from data_io.train_tokenizer import train_tokenizer
+from data_io.train_tokenizer import DATA_IO_SPECIAL_TOKENS, train_tokenizer
 
 
 STEP_CONDITION = "cot"
@@ -87,13 +89,15 @@ def make_corpus(train_size: int, heldout_size: int, seed: int, task: str = "basi
 
 
 def build_demo(out_dir: str, train_size: int = 150_000, heldout_size: int = 1000, seed: int = 0,
-               epochs: int = 4, context_size: int = 64, vocab_size: int = 384, task: str = "basic") -> Path:
+               epochs: int = 4, context_size: int = 64, vocab_size: int = 384, task: str = "basic",
+               special_tokens: list[str] | None = None) -> Path:
     out = Path(out_dir)
     (out / "corpus").mkdir(parents=True, exist_ok=True)
     train, heldout = make_corpus(train_size, heldout_size, seed, task)
     for file, rows in ((out / "corpus" / "train.jsonl", train), (out / "heldout.jsonl", heldout)):
         file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tokenizer = train_tokenizer([str(out / "corpus")], str(out / "tokenizer"), vocab_size, [TASKS[task][1]])
+    tokenizer = train_tokenizer([str(out / "corpus")], str(out / "tokenizer"), vocab_size, [TASKS[task][1]],
+                                special_tokens=special_tokens)
     tokenize([str(out / "corpus")], str(tokenizer), str(out / "tokenized"))
     sample(SampleConfig(tokenized_path=str(out / "tokenized"), output_path=str(out / "sampled"),
                         epochs=epochs, seed=seed, context_size=context_size))
@@ -114,10 +118,13 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=4, help="sampled epochs (default %(default)s)")
     parser.add_argument("--context-size", type=int, default=64, help="sampled context_size (default %(default)s)")
     parser.add_argument("--vocab-size", type=int, default=384, help="BPE vocabulary (default %(default)s)")
+    parser.add_argument("--special-tokens", choices=("ours", "data_io"), default="ours",
+                        help="the tokenizer's special tokens: ours (<|boq|> ...) or data_io's (<|im_start|> ...)")
     args = parser.parse_args(argv)
     try:
-        build_demo(args.out, args.train_size, args.heldout_size, args.seed, args.epochs,
-                   args.context_size, args.vocab_size, args.task)
+        build_demo(args.out, args.train_size, args.heldout_size, args.seed, args.epochs, args.context_size,
+                   args.vocab_size, args.task,
+                   list(DATA_IO_SPECIAL_TOKENS) if args.special_tokens == "data_io" else None)
     except DataError as err:
         raise SystemExit(f"error: {err}") from None
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_io import DataError
-from data_io import demo, sample_tokenized, tokenize as tokenize_cli, train_tokenizer as train_cli
+from data_io import demo, prepare_sft_data, sample_tokenized, tokenize as tokenize_cli, train_tokenizer as train_cli
 from data_io.sample_tokenized import SampleConfig, sample
 from data_io.tokenize import tokenize
 from data_io.train_tokenizer import train_tokenizer
@@ -259,7 +259,7 @@ def test_bad_tokenized_arrays_named(tmp_path, tokenized):
         sample(SampleConfig(tokenized_path=str(tmp_path), output_path=str(tmp_path / "s")))
 
 
-@pytest.mark.parametrize("module", [train_cli, tokenize_cli, sample_tokenized, demo])
+@pytest.mark.parametrize("module", [train_cli, tokenize_cli, sample_tokenized, demo, prepare_sft_data])
 def test_help(module, capsys):
     try:
         module.main(["--help"])

@@ -174,3 +174,37 @@ def test_rotation_truncation_and_the_context_edge(sampled, capsys):
 def test_defaults_are_data_io_s():
     cfg = SampleConfig(tokenized_path="x")
     assert (cfg.context_size, cfg.min_resp_length, cfg.epochs, cfg.seed) == (4097, 2, 10, 0)
+
+
+def test_prepare_sft_data_every_row_once_per_epoch(sampled, tmp_path, capsys):
+    """The reference's SFT preparation: each row once per epoch in its own order, empty responses
+    dropped, an over-long row an error; the strings of the tokenizer_info next to the tokenizer."""
+    from tokenizers import Tokenizer
+
+    from data_io import DataError
+    from data_io.prepare_sft_data import prepare_sft_data
+
+    _, _, tok = sampled
+    run_tok = tmp_path / "run_tokenizer"  # a run directory's tokenizer/ folder with its tokenizer_info
+    run_tok.mkdir()
+    (run_tok / "tokenizer.json").write_bytes(tok.read_bytes())
+    raw = Tokenizer.from_file(str(tok))
+    (run_tok / "tokenizer_info.json").write_text(json.dumps(
+        {"tokenizer_path": "tokenizer.json", "vocab_size": raw.get_vocab_size(), "boq": "<|eoq|>", "eoq": "<|boq|>",
+         "eoa": "<|eoa|>", "condition_mapping": {"direct": "<|cot|>"}}))  # swapped, so the source shows
+    rows = [("123", "45"), ("678", ""), ("9012", "3")]  # inst 6, 6, 7; resp 3, 1 (dropped), 2
+    train = tmp_path / "sft.jsonl"
+    train.write_text("".join(json.dumps({"instruction": i, "response": r}) + "\n" for i, r in rows))
+    out = prepare_sft_data(str(train), str(run_tok), str(tmp_path / "sft"), epochs=3, context_size=9)
+    assert "dropped 1 rows with an empty response" in capsys.readouterr().out
+    tokens = np.load(out / "tokens.npy")
+    orders = []
+    for e in range(3):
+        a = {k: np.load(out / f"epoch_{e}" / f"{k}.npy") for k in ("inst_start", "inst_len")}
+        insts = [tokens[s:s + n].tolist() for s, n in zip(a["inst_start"], a["inst_len"])]
+        assert all(i[:2] == [raw.token_to_id("<|eoq|>"), raw.token_to_id("<|cot|>")] for i in insts)
+        orders.append([raw.decode(i[2:-1]) for i in insts])
+        assert sorted(orders[-1]) == ["123", "9012"]
+    assert json.loads((out / "metadata.json").read_text())["total_length"] == 9 + 9
+    with pytest.raises(DataError, match=r"sft.jsonl: row 1 is 9 tokens, over --context-size 8 \(2 such rows\)"):
+        prepare_sft_data(str(train), str(run_tok), str(tmp_path / "sft2"), epochs=1, context_size=8)
