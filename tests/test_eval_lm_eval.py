@@ -45,13 +45,18 @@ def test_custom_task_agrees_item_for_item_with_the_native_harness(demo_run, nati
 
     data, _ = demo_run
     rows = [json.loads(line) for line in (data / "heldout.jsonl").read_text().splitlines()]
-    (tmp_path / "demo_heldout.yaml").write_text(TASK.format(heldout=data / "heldout.jsonl"))
+    own = NativeEngine(native).generate([r["instruction"] for r in rows], "direct", 32, 0.0, 1, 8)
+    # Every other row's gold is the native answer, so both verdicts occur whatever the short
+    # training reached: the item-for-item comparison below cannot pass vacuously.
+    rows = [{**r, "response": texts[0].strip()} if i % 2 == 0 else r for i, (r, texts) in enumerate(zip(rows, own))]
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "demo_heldout.yaml").write_text(TASK.format(heldout=heldout))
     out = lm_eval.simple_evaluate(model=HrmTextLM(engine=native, batch_size=8), tasks=["demo_heldout"],
                                   task_manager=TaskManager(include_path=str(tmp_path)), log_samples=True)
     samples = sorted(out["samples"]["demo_heldout"], key=lambda s: s["doc_id"])
     assert len(samples) == len(rows)
 
-    own = NativeEngine(native).generate([r["instruction"] for r in rows], "direct", 32, 0.0, 1, 8)
     assert [s["filtered_resps"][0] for s in samples] == [texts[0] for texts in own]
     verdicts = [s["exact_match"] for s in samples]
     assert verdicts == [float(texts[0].strip() == r["response"].strip()) for texts, r in zip(own, rows)]
