@@ -20,7 +20,7 @@ metrics. Hub data (evaluated split / few-shot rows):
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 

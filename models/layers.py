@@ -4,7 +4,6 @@ an `AttentionContext` that says how tokens see each other (a packed layout for t
 cache for generation) and defers to models/attention.py, the one home of attention semantics.
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
