@@ -57,8 +57,8 @@ def pack(samples: list[tuple[np.ndarray, np.ndarray]], batch_max_length: int, ma
     pos = 0
     for k, (inst, resp) in enumerate(samples):
         n_i, n_o = len(inst), len(resp)
-        if n_i < 1 or n_o < 2:
-            raise ValueError(f"sample {k}: need len(i) >= 1 and len(o) >= 2, got {n_i}, {n_o}")
+        if n_i < 1 or n_o < 1:
+            raise ValueError(f"sample {k}: need len(i) >= 1 and len(o) >= 1, got {n_i}, {n_o}")
         end = pos + n_i + n_o - 1
         if end > L:
             raise ValueError(f"samples need {end}+ tokens, over batch_max_length={L}")
@@ -108,9 +108,11 @@ class PackedDataset:
     target_only            labels on the response only (default) or on everything after i[0]
     max_seq_len            the most tokens len(i) + len(o) a sample may have (the sampled
                            max_seq_len by default; never more than L + 1). Longer samples get their
-                           response cut to fit, or are dropped when under 2 response tokens would
-                           remain; samples with a response under 2 tokens (causal length 0) are
-                           dropped. Counted per epoch: `drop_counts(epoch)`.
+                           response cut to fit, or are dropped when no response token would remain;
+                           samples with an empty response are dropped. Every other sample the
+                           sampler wrote trains, as in the reference's loader: a 1-token response
+                           (an instruction one token short of the context) is one label, predicted
+                           by the last instruction token. Counted per epoch: `drop_counts(epoch)`.
     max_samples_per_batch  M, the fixed number of sample slots per batch (default L // 4); the
                            sampler never puts more samples on a rank
     pin_memory             pin batches for fast host-to-device copies (default: CUDA available)
@@ -166,8 +168,9 @@ class PackedDataset:
         if folder not in self._plans:
             spans = load_spans(self.path / f"epoch_{folder}", len(self.tokens), FIX)
             inst_len = spans["inst_len"]
-            # a response of eoa alone has causal length 0: nothing to train
-            keep, resp_len, counts = length_policy(inst_len, spans["resp_len"], self.max_seq_len, min_resp_len=2)
+            # a 1-token response still has a label (the last instruction token predicts it): kept,
+            # as data_io's sampler keeps it at the context edge
+            keep, resp_len, counts = length_policy(inst_len, spans["resp_len"], self.max_seq_len, min_resp_len=1)
             if counts["kept"] < counts["rows"]:
                 log.warning("%s epoch_%d: %s", self.path, folder, counts)
             sampler = MultipackDistributedBatchSampler(

@@ -121,15 +121,22 @@ def test_every_sample_once_per_epoch_over_ranks(tmp_path):
 
 
 def test_length_policy_counted(tmp_path):
-    # resp of eoa alone -> dropped; 4 + 10 tokens over max_seq_len 8 -> response cut to 4; 7 + 3 -> dropped.
-    samples = [([1, 2], [3, 4]), ([5], [6]), ([1, 2, 3, 4], list(range(10, 20))), ([1] * 7, [2, 3, 4])]
+    # At max_seq_len 8: a 1-token response trains its one label (the last instruction token predicts
+    # it); an empty one is dropped; 4 + 10 tokens -> response cut to 4; 7 + 3 -> cut to a 1-token
+    # response (the sampler's context edge); 8 + 2 -> no room, dropped.
+    samples = [([1, 2], [3, 4]), ([5], [6]), ([7], []), ([1, 2, 3, 4], list(range(10, 20))),
+               ([9] * 7, [2, 3, 4]), ([8] * 8, [2, 3])]
     root = write_sampled(tmp_path / "d", samples)
     ds = PackedDataset(str(root), global_batch_size=32, max_seq_len=8, max_samples_per_batch=4)
-    assert ds.drop_counts(0) == {"rows": 4, "kept": 2, "short_response_dropped": 1, "too_long_dropped": 1,
-                                 "truncated": 1}
+    assert ds.drop_counts(0) == {"rows": 6, "kept": 4, "short_response_dropped": 1, "too_long_dropped": 1,
+                                 "truncated": 2}
     (batch, stats), = list(ds)
-    assert batch["inputs"][:10].tolist() == [1, 2, 3, 1, 2, 3, 4, 10, 11, 12]
-    assert batch["labels"][:10].tolist() == [X, 3, 4, X, X, X, 10, 11, 12, 13]
+    cu = batch["cu_seqlens"].tolist()
+    packed = sorted((batch["inputs"][cu[k]:cu[k + 1]].tolist(), batch["labels"][cu[k]:cu[k + 1]].tolist())
+                    for k in range(stats["num_samples"]))
+    assert packed == sorted([([1, 2, 3], [X, 3, 4]), ([5], [6]), ([1, 2, 3, 4, 10, 11, 12], [X, X, X, 10, 11, 12, 13]),
+                             ([9] * 7, [X] * 6 + [2])])
+    assert batch["causal_lens"][:4].sort().values.tolist() == [0, 0, 1, 3]
 
 
 def test_errors_name_file_and_fix(tmp_path):

@@ -208,3 +208,188 @@ def test_prepare_sft_data_every_row_once_per_epoch(sampled, tmp_path, capsys):
     assert json.loads((out / "metadata.json").read_text())["total_length"] == 9 + 9
     with pytest.raises(DataError, match=r"sft.jsonl: row 1 is 9 tokens, over --context-size 8 \(2 such rows\)"):
         prepare_sft_data(str(train), str(run_tok), str(tmp_path / "sft2"), epochs=1, context_size=8)
+
+
+# A second corpus, tokenized by hand in the layout data_io's Rust tokenizer writes (one folder per
+# source, flattened names, tokens.npy holding each row's instruction then its response), so the
+# lengths are exact. Context C2 = 12, 3 epochs, seed 5. Per data_io's rules:
+C2, EPOCHS2, SEED2 = 12, 3, 5
+RULES2 = """\
+- prefix: "SYNTH__"
+  max_per_file: 2
+- prefix: "SYNTH__b"
+  repeat: 4
+- prefix: "web__"
+  max_per_file: 5
+  long_context: drop
+  repeat: 2
+"""
+SHAPES2 = {  # (instruction tokens, response tokens) per row
+    # cap 2 of 6: epochs 0, 1, 2 draw one permutation, two rows each: every row exactly once
+    "SYNTH__a": [(3, 2), (3, 3), (4, 2), (4, 4), (5, 3), (3, 5)],
+    # matches both SYNTH__ rules: the first applies (cap 2, repeat 1, not repeat 4), with a warning
+    "SYNTH__b": [(3, 3)] * 5,
+    # no rule: truncate
+    "misc": [(3, 2),     # kept
+             (11, 2),    # one short of C2: cut to a 1-token response (11 + 1)
+             (12, 2),    # the instruction fills C2: dropped
+             (10, 5),    # cut to 10 + 2
+             (4, 1),     # response under min_resp_length 2: dropped (short)
+             (2, 10)],   # 12 = C2: kept whole
+    # drop; cap 5 > 2 kept rows, repeat 2: both kept rows twice per epoch
+    "web__x": [(3, 2), (6, 6), (6, 7), (11, 1), (11, 2), (12, 3)],
+}
+KEPT2 = {"SYNTH__a": [(3, 2), (3, 3), (4, 2), (4, 4), (5, 3), (3, 5)], "SYNTH__b": [(3, 3)] * 5,
+         "misc": [(3, 2), (11, 1), (10, 2), (2, 10)], "web__x": [(3, 2), (6, 6)]}
+COUNTS2 = {"SYNTH__a": (0, 0, 0), "SYNTH__b": (0, 0, 0), "misc": (1, 1, 2), "web__x": (1, 3, 0)}
+ROWS_PER_EPOCH2 = {"SYNTH__a": 2, "SYNTH__b": 2, "misc": 4, "web__x": 4}
+UNIQUE_AFTER_EPOCH2 = {"SYNTH__a": [2, 4, 6], "SYNTH__b": [2, 4, 5], "misc": [4, 4, 4], "web__x": [2, 2, 2]}
+# Tokens per epoch where every epoch draws the same multiset; SYNTH__a only over the 3 epochs (41).
+TOKENS_PER_EPOCH2 = {"SYNTH__b": 12, "misc": 5 + 12 + 12 + 12, "web__x": 2 * (5 + 12)}
+TOTAL_LENGTH2 = round((41 + EPOCHS2 * (12 + 41 + 34)) / EPOCHS2)  # 302 / 3 -> 101
+
+
+@pytest.fixture
+def hand_tokenized(tmp_path):
+    """tokenized/ with the SHAPES2 sources; token ids count up so every position is recognisable."""
+    root, offset = tmp_path / "tokenized", 0
+    for name, shapes in SHAPES2.items():
+        (root / name).mkdir(parents=True)
+        inst_len = np.array([i for i, _ in shapes])
+        resp_len = np.array([o for _, o in shapes])
+        inst_start = np.concatenate([[0], np.cumsum(inst_len + resp_len)[:-1]])
+        n = int((inst_len + resp_len).sum())
+        np.save(root / name / "tokens.npy", ((offset + np.arange(n)) % 250).astype(np.uint32))
+        for field, value in (("inst_start", inst_start), ("inst_len", inst_len),
+                             ("resp_start", inst_start + inst_len), ("resp_len", resp_len)):
+            np.save(root / name / f"{field}.npy", value.astype(np.uint32 if field.endswith("len") else np.int64))
+        offset += n
+    (root / "tokenizer_info.json").write_text(json.dumps({"vocab_size": 256, "tokenizer_path": "absent.json"}))
+    (tmp_path / "rules.yaml").write_text(RULES2)
+    return tmp_path
+
+
+def sample_by_hand_fixture(base, capsys):
+    report = sample(SampleConfig(tokenized_path=str(base / "tokenized"), output_path=str(base / "out"),
+                                 prefix_config_path=str(base / "rules.yaml"), epochs=EPOCHS2,
+                                 context_size=C2, seed=SEED2))
+    epochs = [{f: np.load(base / "out" / f"epoch_{e}" / f"{f}.npy")
+               for f in ("inst_start", "inst_len", "resp_start", "resp_len")} for e in range(EPOCHS2)]
+    return report, epochs, capsys.readouterr()
+
+
+def source_of(inst_start):
+    """Source name of an output row, by where its instruction starts (sources in name order)."""
+    ends = np.cumsum([sum(i + o for i, o in shapes) for shapes in SHAPES2.values()])
+    return list(SHAPES2)[int(np.searchsorted(ends, inst_start, side="right"))]
+
+
+def data_io_epochs(rules: list[dict]) -> list[dict[str, np.ndarray]]:
+    """data_io's sampling restated for this corpus: filter per rule, then per epoch and source
+    `repeat x min(cap, kept)` draws from a per-source permutation that carries over epochs (a new
+    one when used up), sources in name order, then the epoch shuffled whole; one Philox stream."""
+    rng = np.random.Generator(np.random.Philox(seed=SEED2))
+    pools, offset = [], 0
+    for name in sorted(SHAPES2):
+        inst, resp = (np.array(column) for column in zip(*SHAPES2[name]))
+        start = offset + np.concatenate([[0], np.cumsum(inst + resp)[:-1]])
+        offset += int((inst + resp).sum())
+        rule = next((r for r in rules if name.startswith(r["prefix"])), {})
+        room = C2 - np.minimum(inst, C2)
+        keep = resp >= 2
+        if rule.get("long_context", "truncate") == "truncate":
+            keep &= room >= 1
+            resp = np.minimum(resp, room)
+        else:
+            keep &= resp <= room
+        rows = np.stack([start, inst, start + inst, resp], 1)[keep]
+        cap = rule.get("max_per_file")
+        pools.append((rows, (len(rows) if cap is None else min(cap, len(rows))) * rule.get("repeat", 1), []))
+    epochs = []
+    for _ in range(EPOCHS2):
+        drawn = []
+        for rows, count, pending in pools:
+            for _ in range(count):
+                if not pending:
+                    pending.extend(rng.permutation(len(rows)))
+                drawn.append(rows[pending.pop(0)])
+        drawn = np.array(drawn)[rng.permutation(len(drawn))]
+        epochs.append(dict(zip(("inst_start", "inst_len", "resp_start", "resp_len"), drawn.T)))
+    return epochs
+
+
+def test_epochs_equal_data_io_s_draws(hand_tokenized, capsys):
+    import yaml
+
+    _, epochs, _ = sample_by_hand_fixture(hand_tokenized, capsys)
+    for ours, theirs in zip(epochs, data_io_epochs(yaml.safe_load(RULES2))):
+        for field in theirs:
+            assert ours[field].tolist() == theirs[field].tolist(), field
+
+
+def test_per_epoch_figures_by_hand(hand_tokenized, capsys):
+    report, epochs, out = sample_by_hand_fixture(hand_tokenized, capsys)
+    seen = {name: set() for name in SHAPES2}
+    synth_a_tokens = 0
+    for e, spans in enumerate(epochs):
+        names = [source_of(s) for s in spans["inst_start"]]
+        for name in SHAPES2:
+            mine = [k for k, n in enumerate(names) if n == name]
+            assert len(mine) == ROWS_PER_EPOCH2[name], (e, name)
+            lengths = sorted(zip(spans["inst_len"][mine].tolist(), spans["resp_len"][mine].tolist()))
+            tokens = sum(i + o for i, o in lengths)
+            if name == "SYNTH__a":
+                assert len(set(spans["inst_start"][mine])) == 2  # a cap draws distinct rows
+                synth_a_tokens += tokens
+            else:
+                assert tokens == TOKENS_PER_EPOCH2[name], (e, name)
+            if name in ("misc", "web__x"):  # every kept row, `repeat` times, each epoch
+                repeat = ROWS_PER_EPOCH2[name] // len(KEPT2[name])
+                assert lengths == sorted(KEPT2[name] * repeat), (e, name)
+            seen[name] |= set(spans["inst_start"][mine].tolist())
+            assert len(seen[name]) == UNIQUE_AFTER_EPOCH2[name][e], (e, name)
+        assert max(spans["inst_len"] + spans["resp_len"]) == C2
+    assert synth_a_tokens == sum(i + o for i, o in KEPT2["SYNTH__a"]) == 41
+
+    by_source = {r["source"]: r for r in report["sources"]}
+    for name, (short, long, truncated) in COUNTS2.items():
+        r = by_source[name]
+        assert (r["short_response_dropped"], r["too_long_dropped"], r["truncated"]) == (short, long, truncated), name
+        assert (r["kept"], r["kept_tokens"]) == (len(KEPT2[name]), sum(i + o for i, o in KEPT2[name])), name
+        assert (r["rows_per_epoch"], r["unique_rows"]) == (ROWS_PER_EPOCH2[name], UNIQUE_AFTER_EPOCH2[name][-1]), name
+    assert by_source["SYNTH__b"]["rule"] == "SYNTH__"
+    assert report["total_length"] == TOTAL_LENGTH2 == 101
+    meta = json.loads((hand_tokenized / "out" / "metadata.json").read_text())
+    assert (meta["total_length"], meta["max_seq_len"], meta["epochs"], meta["seed"]) == (101, C2, EPOCHS2, SEED2)
+    assert "SYNTH__b matches 2 prefixes" in out.err and "SYNTH__a matches" not in out.err
+    # Category roll-up: SYNTH = SYNTH__a + SYNTH__b (11 rows, 71 tokens; sampled 41 + 3 x 12 = 77 of
+    # 302, instruction 22 + 18 and response 19 + 18 tokens), web = web__x.
+    assert "| **SYNTH** | 11 | 0 | 0 | 0 | 11 | 71 | 4 | 77 (25.5%) | 40 / 37 | 11 (100.0%) | 71 (100.0%) |" in out.out
+    assert "| **web** | 6 | 1 | 3 | 0 | 2 | 17 | 4 | 102 (33.8%) | 54 / 48 | 2 (100.0%) | 17 (100.0%) |" in out.out
+    assert "| **GLOBAL** | 23 | 2 | 4 | 2 | 17 | 129 | 12 | 302 (100.0%) |" in out.out
+
+
+def test_loader_trains_what_the_sampler_keeps(hand_tokenized, capsys):
+    """The training loader keeps every sampled row, the 1-token response at the context edge
+    included (as data_io's sampler writes it and the reference's loader trains it): one label,
+    predicted by the last instruction token."""
+    from dataset_new import PackedDataset
+    from models.lm_head import IGNORE_LABEL
+
+    sample_by_hand_fixture(hand_tokenized, capsys)
+    data = PackedDataset(str(hand_tokenized / "out"), global_batch_size=64, epochs=EPOCHS2)
+    tokens = np.load(hand_tokenized / "out" / "tokens.npy")
+    edge = sum(i + o for shapes in list(SHAPES2.values())[:2] for i, o in shapes) + 5  # misc row 1
+    found = 0
+    for e in range(EPOCHS2):
+        assert data.drop_counts(e) == {"rows": 12, "kept": 12, "short_response_dropped": 0,
+                                       "too_long_dropped": 0, "truncated": 0}
+    for batch, stats in data:
+        cu, prefix, causal = (batch[k].tolist() for k in ("cu_seqlens", "prefix_lens", "causal_lens"))
+        for k in range(stats["num_samples"]):
+            if batch["inputs"][cu[k]].item() == tokens[edge]:
+                found += 1
+                assert (prefix[k], causal[k], cu[k + 1] - cu[k]) == (11, 0, 11)
+                labels = batch["labels"][cu[k]:cu[k + 1]].tolist()
+                assert labels == [IGNORE_LABEL] * 10 + [int(tokens[edge + 11])]
+    assert found == EPOCHS2
