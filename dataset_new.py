@@ -23,11 +23,11 @@ A rank's batch (`pack`, and what PackedDataset yields) is a pair (batch, stats):
     PackedDataset also epoch and step (the batch's index within its epoch).
 """
 
+import dataclasses
 import json
 import logging
 import queue
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +82,7 @@ def pack(samples: list[tuple[np.ndarray, np.ndarray]], batch_max_length: int, ma
     return {k: torch.from_numpy(v) for k, v in batch.items()}, stats
 
 
-@dataclass
+@dataclasses.dataclass
 class _EpochPlan:
     inst_start: np.ndarray
     inst_len: np.ndarray
@@ -90,6 +90,8 @@ class _EpochPlan:
     resp_len: np.ndarray
     sampler: MultipackDistributedBatchSampler
     counts: dict[str, int]
+    first_step: int = 0  # an epoch resumed under another packing plan: its sampler plans the steps from here
+    first_sample: int = 0  # ... over the samples from here
 
 
 def default_max_samples(batch_max_length: int) -> int:
@@ -159,12 +161,26 @@ class PackedDataset:
         if epochs > self.num_epoch_dirs:
             log.warning("%s has %d epoch folders for %d epochs: epoch e reuses epoch_{e %% %d} (its order repeats)",
                         self.path, self.num_epoch_dirs, epochs, self.num_epoch_dirs)
-        self._plans: dict[int, _EpochPlan] = {}
+        self._plans: dict[int | tuple, _EpochPlan] = {}
         self._epoch, self._step = 0, 0
+        self._replanned: tuple[int, int, int] | None = None  # (epoch, step, first sample): see load_state_dict
 
     def _plan(self, epoch: int) -> _EpochPlan:
         """Spans kept after the length policy, and the multipack plan, for an epoch (cached)."""
         folder = epoch % self.num_epoch_dirs
+        if self._replanned and self._replanned[0] == epoch:
+            key = ("replanned", *self._replanned)
+            if key not in self._plans:
+                _, first_step, first = self._replanned
+                full = self._plan_of_folder(folder)
+                rest = full.inst_len[first:] + full.resp_len[first:] - 1
+                sampler = MultipackDistributedBatchSampler(self.batch_max_length, rest, self.num_replicas, self.rank,
+                                                           max_samples_per_rank=self.max_samples_per_batch)
+                self._plans[key] = dataclasses.replace(full, sampler=sampler, first_step=first_step, first_sample=first)
+            return self._plans[key]
+        return self._plan_of_folder(folder)
+
+    def _plan_of_folder(self, folder: int) -> _EpochPlan:
         if folder not in self._plans:
             spans = load_spans(self.path / f"epoch_{folder}", len(self.tokens), FIX)
             inst_len = spans["inst_len"]
@@ -181,7 +197,8 @@ class PackedDataset:
         return self._plans[folder]
 
     def steps_per_epoch(self, epoch: int) -> int:
-        return len(self._plan(epoch).sampler)
+        plan = self._plan(epoch)
+        return plan.first_step + len(plan.sampler)
 
     def __len__(self) -> int:
         return sum(self.steps_per_epoch(e) for e in range(self.epochs))
@@ -197,18 +214,42 @@ class PackedDataset:
         return {"num_replicas": self.num_replicas, "batch_max_length": self.batch_max_length,
                 "max_samples_per_batch": self.max_samples_per_batch, "max_seq_len": self.max_seq_len}
 
+    def _samples_before(self, epoch: int, step: int) -> int:
+        """Samples of the epoch that its steps before `step` trained on (a prefix of its order)."""
+        if epoch >= self.epochs:
+            return 0
+        plan = self._plan(epoch)
+        return plan.first_sample + plan.sampler.samples_before(step - plan.first_step)
+
     def state_dict(self) -> dict:
-        return {"epoch": self._epoch, "step": self._step, "plan": self._plan_key()}
+        return {"epoch": self._epoch, "step": self._step, "plan": self._plan_key(),
+                "sample": self._samples_before(self._epoch, self._step)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue at a saved position. Saved under another packing plan (another world size,
+        global_batch_size or max_samples_per_batch), the rest of that epoch is planned again for
+        this one: a global step takes the next samples in the epoch's order, so the samples its
+        steps trained on are a prefix of it, and no sample is skipped or repeated. The epoch's step
+        count, and so the schedule's length, can then change by a few steps."""
         saved_plan = state.get("plan")  # absent in positions saved before it was recorded
+        epoch, step = int(state["epoch"]), int(state["step"])
         if saved_plan is not None and saved_plan != self._plan_key():
             diffs = ", ".join(f"{k}: saved {saved_plan.get(k)}, now {v}" for k, v in self._plan_key().items()
                               if saved_plan.get(k) != v)
-            raise DataError(f"{self.path}: the saved data position belongs to another packing plan ({diffs}); "
-                            "resume with the run's global_batch_size, number of GPUs and data settings, "
-                            "or start a new run")
-        epoch, step = int(state["epoch"]), int(state["step"])
+            if saved_plan.get("max_seq_len") != self.max_seq_len:
+                raise DataError(f"{self.path}: the saved data position was planned with another max_seq_len "
+                                f"({diffs}), which keeps other samples; resume with the run's data settings "
+                                "(and global_batch_size / number of GPUs giving the same max_seq_len), or start a new run")
+            if epoch < self.epochs:
+                first = state.get("sample")
+                if first is None:  # saved before positions recorded it: plan the saved way and count
+                    lengths = self._plan(epoch).inst_len + self._plan(epoch).resp_len - 1
+                    first = MultipackDistributedBatchSampler(
+                        saved_plan["batch_max_length"], lengths, saved_plan["num_replicas"], 0,
+                        max_samples_per_rank=saved_plan["max_samples_per_batch"]).samples_before(step)
+                self._replanned = (epoch, step, int(first))
+            log.warning("%s: data position saved under another packing plan (%s): the rest of epoch %d is "
+                        "planned again for this one", self.path, diffs, epoch)
         if not (0 <= epoch <= self.epochs and 0 <= step <= (self.steps_per_epoch(epoch) if epoch < self.epochs else 0)):
             raise ValueError(f"dataset position {state} is outside this dataset's {self.epochs} epochs")
         self._epoch, self._step = epoch, step
@@ -217,7 +258,7 @@ class PackedDataset:
         """This rank's batch at (epoch, step), packed on the calling thread."""
         plan = self._plan(epoch)
         samples = []
-        for k in plan.sampler[step]:
+        for k in plan.sampler[step - plan.first_step] + plan.first_sample:
             inst = np.asarray(self.tokens[plan.inst_start[k]:plan.inst_start[k] + plan.inst_len[k]], np.int64)
             resp = np.asarray(self.tokens[plan.resp_start[k]:plan.resp_start[k] + plan.resp_len[k]], np.int64)
             if inst.max() >= self.vocab_size or resp.max() >= self.vocab_size or min(inst.min(), resp.min()) < 0:

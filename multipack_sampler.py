@@ -187,6 +187,11 @@ class MultipackDistributedBatchSampler:
     def __iter__(self):
         return (self[s] for s in range(self.num_steps))
 
+    def samples_before(self, step: int) -> int:
+        """How many samples global steps 0..step-1 hold: a step takes the next samples in dataset
+        order, so these are the first ones, whatever the world size."""
+        return int(self._offsets[step * self.num_replicas])
+
     def efficiency(self) -> float:
         """Used token slots over available ones, all ranks and steps."""
         used = self.lengths[self._order[:self._offsets[self.num_steps * self.num_replicas]]].sum()

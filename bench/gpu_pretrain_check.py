@@ -14,6 +14,7 @@ as data_io's sampled output (docs/DESIGN.md, "Data format").
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -59,6 +60,40 @@ def write_synthetic_dataset(path: Path, num_samples: int, context: int, vocab: i
     return path
 
 
+def pretrain_command(data: Path, run_dir: Path, size: str, batch: int, steps: int, nproc: int = 1, cpu: bool = False,
+                     extra: list[str] = ()) -> list[str]:
+    """pretrain.py on `data` (HRM of `size`, lr 1e-3 with 10 warm-up steps, one epoch, compiled on the
+    GPU), under torchrun when `nproc` > 1. Later `extra` overrides win."""
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                if nproc > 1 else [sys.executable])
+    return [*launcher, str(ROOT / "pretrain.py"), f"arch/size@arch={size}", "arch/net@arch=hrm",
+            f"data.path={data}", f"checkpoint_path={run_dir}", f"global_batch_size={batch}",
+            f"max_steps={steps}", "epochs=1", "lr=1e-3", "lr_warmup_steps=10", "wandb_mode=disabled",
+            f"compile={'false' if cpu else 'true'}", *extra]
+
+
+def run_pretrain(cmd: list[str], env: dict | None = None, wait: bool = True):
+    """Start `cmd` from the repository root; with `wait`, wait for it and exit on failure, else return
+    the Popen (collect it with finish_pretrain)."""
+    print("command:", " ".join(cmd), flush=True)
+    env = {**os.environ, **(env or {}), "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    process = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return finish_pretrain(process) if wait else process
+
+
+def finish_pretrain(process: subprocess.Popen) -> str:
+    stdout, stderr = process.communicate()
+    print(stdout[-3000:])
+    if process.returncode != 0:
+        print(stderr[-6000:])
+        raise SystemExit(f"pretrain.py failed with exit code {process.returncode}")
+    return stdout
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="/tmp/gpu_pretrain_check")
@@ -83,25 +118,12 @@ def main() -> None:
         write_synthetic_dataset(data, n, args.context, 32000 if not args.cpu else 512, median=300 if not args.cpu else 40,
                                 fixed_length=args.fixed_length)
     run_dir = out / args.run_name
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
-                if args.nproc > 1 else [sys.executable])
-    cmd = [*launcher, str(ROOT / "pretrain.py"), f"arch/size@arch={args.size}", "arch/net@arch=hrm",
-           f"data.path={data}", f"checkpoint_path={run_dir}", f"global_batch_size={args.batch}",
-           f"max_steps={args.steps}", "epochs=1", "lr=1e-3", "lr_warmup_steps=10", f"log_interval={args.log_interval}",
-           "checkpoint_every_steps=null", "wandb_mode=disabled", f"compile={'false' if args.cpu else 'true'}",
-           *args.extra]
-    print("command:", " ".join(cmd), flush=True)
-    if (run_dir / "metrics.jsonl").exists():
-        (run_dir / "metrics.jsonl").unlink()
+    shutil.rmtree(run_dir, ignore_errors=True)  # this script's previous run of the same name
     start = time.time()
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    result = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True)
-    print(result.stdout[-3000:])
-    if result.returncode != 0:
-        print(result.stderr[-6000:])
-        raise SystemExit(f"pretrain.py failed with exit code {result.returncode}")
+    run_pretrain(pretrain_command(data, run_dir, args.size, args.batch, args.steps, args.nproc, args.cpu,
+                                  [f"log_interval={args.log_interval}", "checkpoint_every_steps=null", *args.extra]))
     print(f"wall time {time.time() - start:.0f} s (including compile and the checkpoint at the end)")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run_dir)
     print(f"\n{'step':>5} {'loss':>8} {'tok acc':>8} {'bp':>3} {'lr':>9} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>8}")
     for r in rows:
         print(f"{r['step']:5d} {r['train/loss']:8.4f} {r['train/token_accuracy']:8.4f} {r['train/bp_steps']:3d} "

@@ -101,11 +101,78 @@ def test_resume_reproduces_remaining_batches(tmp_path):
         assert as_lists(head) + as_lists(resumed) == full
     # Epoch 2 cycles back to epoch_0: same batches as epoch 0.
     assert [b for b, s in full if s["epoch"] == 2] == [b for b, s in full if s["epoch"] == 0]
-    # A position means the same samples only under the same packing plan: other ranks or another
-    # batch size would silently skip or repeat samples.
-    for other in (dict(global_batch_size=128, num_replicas=4, rank=1), dict(global_batch_size=256, num_replicas=2, rank=1)):
-        with pytest.raises(DataError, match="another packing plan"):
-            PackedDataset(str(root), epochs=3, **other).load_state_dict(state)
+
+
+def instructions_by_epoch(datasets, steps=None):
+    """The instructions (one per sample) each epoch's batches hold, over the datasets of all ranks."""
+    seen = {}
+    for ds in datasets:
+        for n, (batch, stats) in enumerate(ds):
+            if n == steps:
+                break
+            cu, prefix = batch["cu_seqlens"].tolist(), batch["prefix_lens"].tolist()
+            seen.setdefault(stats["epoch"], []).extend(
+                tuple(batch["inputs"][cu[k]:cu[k] + prefix[k]].tolist()) for k in range(stats["num_samples"]))
+    return seen
+
+
+@pytest.mark.parametrize("saved,resumed", [((128, 2), (128, 1)), ((128, 1), (256, 4)), ((128, 4), (64, 2))])
+def test_resume_under_another_packing_plan_trains_every_sample_once(tmp_path, saved, resumed):
+    # Saved at step k on one world size and global batch, continued on another: the rest of the
+    # epoch is planned again, so the epoch's head and tail together hold every sample exactly once,
+    # and the next epoch is whole. Instructions start with the sample's number, so each is unique.
+    rng = np.random.default_rng(5)
+    samples = [([i, *rng.integers(0, 32, rng.integers(0, 8))], rng.integers(0, 32, rng.integers(2, 12)))
+               for i in range(300)]
+    root = write_sampled(tmp_path / "d", samples, vocab_size=512, epochs=2)
+    everything = sorted(tuple(i) for i, _ in samples)
+    old = [PackedDataset(str(root), global_batch_size=saved[0], num_replicas=saved[1], rank=r, epochs=2)
+           for r in range(saved[1])]
+    k = old[0].steps_per_epoch(0) // 3
+    head = instructions_by_epoch(old, steps=k)
+    new = [PackedDataset(str(root), global_batch_size=resumed[0], num_replicas=resumed[1], rank=r, epochs=2)
+           for r in range(resumed[1])]
+    whole_epoch = new[0].steps_per_epoch(0)
+    for ds in new:
+        ds.load_state_dict(saved_position(old, k))
+    tail = instructions_by_epoch(new)
+    assert sorted(head[0] + tail[0]) == everything
+    assert sorted(tail[1]) == everything
+    assert new[0].steps_per_epoch(1) == whole_epoch  # later epochs use this plan in full
+    assert all(len(ds) == new[0].steps_per_epoch(0) + whole_epoch for ds in new)
+
+
+def saved_position(datasets, k):
+    """Rank 0's position after k steps (what a checkpoint at step k records)."""
+    ds = PackedDataset(str(datasets[0].path), global_batch_size=datasets[0].batch_max_length * datasets[0].num_replicas,
+                       num_replicas=datasets[0].num_replicas, rank=0, epochs=datasets[0].epochs)
+    iterator = iter(ds)
+    for _ in range(k):
+        next(iterator)
+    state = ds.state_dict()
+    iterator.close()
+    return state
+
+
+def test_resume_under_another_world_size_continues_with_the_same_batches(tmp_path):
+    # Samples of one length: a global step holds the same samples on any world size, so the run
+    # continued on 1 rank from a 2-rank position sees exactly the 1-rank run's remaining batches.
+    rng = np.random.default_rng(2)
+    samples = [([i, *rng.integers(0, 32, 5)], rng.integers(0, 32, 10)) for i in range(64)]  # 15 tokens packed
+    root = write_sampled(tmp_path / "d", samples, vocab_size=512)
+    state = saved_position([PackedDataset(str(root), global_batch_size=128, num_replicas=2)], 3)
+    assert state["sample"] == 3 * 8
+    resumed = PackedDataset(str(root), global_batch_size=128)
+    resumed.load_state_dict(state)
+    assert as_lists(resumed) == as_lists(PackedDataset(str(root), global_batch_size=128))[3:]
+
+
+def test_resume_refuses_another_max_seq_len(tmp_path):
+    # max_seq_len decides which samples are kept and cut: a position under another one means other samples
+    root = write_sampled(tmp_path / "d", random_samples(100), max_seq_len=64)
+    state = saved_position([PackedDataset(str(root), global_batch_size=128)], 2)
+    with pytest.raises(DataError, match="another max_seq_len"):
+        PackedDataset(str(root), global_batch_size=32).load_state_dict(state)  # max_seq_len min(64, 32 + 1)
 
 
 def test_every_sample_once_per_epoch_over_ranks(tmp_path):
