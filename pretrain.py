@@ -293,7 +293,7 @@ def main(hydra_cfg: DictConfig) -> None:
     d = init_distributed()
     try:
         run_training(cfg, d)
-    except DataError as err:
+    except (DataError, ckpt.CheckpointError) as err:
         fail(str(err))
     finally:
         dist.destroy_process_group()

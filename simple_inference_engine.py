@@ -32,7 +32,8 @@ from models import attention as attn_lib
 from models.config import round_up
 from models.model import LanguageModel
 from training.logger import METRICS_FILE
-from training.run_dir import load_run
+from training.checkpoint import CheckpointError
+from training.run_dir import RunDirError, load_run
 
 CACHE_GRANULE = 256  # the cache length is rounded up to a multiple of this: fewer distinct compiled shapes
 # Memory kept free beside the KV cache when batch_size="auto" or when a batch is shrunk to fit:
@@ -291,7 +292,10 @@ def main() -> None:
                                         help="also print the run's first and last logged loss and what to run next")
     args = parser.parse_args()
 
-    engine = SimpleEngine.from_checkpoint(args.run, args.ckpt_epoch, use_ema=not args.no_ema)
+    try:
+        engine = SimpleEngine.from_checkpoint(args.run, args.ckpt_epoch, use_ema=not args.no_ema)
+    except (CheckpointError, RunDirError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
     if args.command == "generate":
         outs = engine.generate(args.prompt, args.condition, args.max_new_tokens, args.temperature,
                                num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,

@@ -159,7 +159,13 @@ def main() -> None:
     parser.add_argument("--ckpt_use_ema", type=_bool, default=True, help="export the EMA weights (default true)")
     parser.add_argument("--tokenizer_path", default=None, help="tokenizer to ship instead of the run's copy")
     args = parser.parse_args()
-    convert(args.ckpt_path, args.out_dir, args.ckpt_epoch, args.ckpt_use_ema, args.tokenizer_path)
+    from training.checkpoint import CheckpointError
+    from training.run_dir import RunDirError
+
+    try:
+        convert(args.ckpt_path, args.out_dir, args.ckpt_epoch, args.ckpt_use_ema, args.tokenizer_path)
+    except (CheckpointError, RunDirError, FileNotFoundError) as err:
+        raise SystemExit(f"convert_to_hf: {err}") from None
 
 
 if __name__ == "__main__":

@@ -2,15 +2,23 @@
 training position and RNG, under <run_dir>/checkpoints/<name>/: `fsdp2_epoch_{N}` at the end of
 epoch N (1-based, the reference's name), `step_{S}` after step S.
 
-A checkpoint counts as complete only once `COMPLETE` is written, after every rank has finished
-writing; a crash mid-save leaves an incomplete directory that resume ignores and the next save
-of the same name replaces. Step checkpoints beyond `keep_last` are pruned; epoch ones are kept.
-The reference's run directories (fsdp2_epoch_N directly in the run directory, its own module
-names in the keys; training/reference_run.py) load too: their weights and optimizer state, but
-no training position.
+Writing is atomic: a checkpoint is written into a hidden `.<name>.partial` folder, `COMPLETE` is
+written last, and the folder is then renamed to <name>; pruning removes `COMPLETE` first. So a
+folder named like a checkpoint that holds `COMPLETE` is whole, whenever the process was killed,
+and the checkpoint being replaced stays whole until the new one is. Step checkpoints beyond
+`keep_last` are pruned; epoch ones are kept. The reference's run directories (fsdp2_epoch_N
+directly in the run directory, its own module names in the keys; training/reference_run.py) load
+too: their weights and optimizer state, but no training position.
+
+Reading executes nothing: a DCP checkpoint's `.metadata` is a pickle, and checkpoints are shared
+and downloaded, so it is read by an unpickler that builds only DCP's own metadata classes (and the
+torch types they hold), and every tensor and byte item through `torch.load(weights_only=True)`.
 """
 
+import io
 import json
+import os
+import pickle
 import re
 import shutil
 import warnings
@@ -19,13 +27,103 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from training import reference_run
 
 MARKER = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
+PARTIAL = ".partial"
 _NAME = re.compile(r"^(step|fsdp2_epoch)_(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot or must not be read; the message names the file and the reason."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading without executing
+
+
+# What a DCP `.metadata` pickle may name: DCP's metadata dataclasses and the torch and pathlib
+# values inside them. Anything else (os.system, builtins.eval, ...) is refused, not built.
+_METADATA_CLASSES = {
+    "torch.distributed.checkpoint.metadata": {"Metadata", "MetadataIndex", "StorageMeta", "TensorProperties",
+                                              "TensorStorageMetadata", "BytesStorageMetadata",
+                                              "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch": {"Size"},
+    "torch.serialization": {"_get_layout"},  # maps a layout's name to torch.strided etc.
+    "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"},
+    "collections": {"OrderedDict"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def __init__(self, file, source: Path):
+        super().__init__(file)
+        self.source = source
+
+    def find_class(self, module: str, name: str):
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if name in _METADATA_CLASSES.get(module, ()):
+            return super().find_class(module, name)
+        raise CheckpointError(f"{self.source}: refusing to load: it names {module}.{name}, which a checkpoint's "
+                              "metadata never holds (a tampered or foreign file; loading it could run code)")
+
+
+class SafeReader(dcp.FileSystemReader):
+    """DCP's file reader with the metadata read by the allow-list unpickler, and every storage
+    file checked to lie inside the checkpoint folder."""
+
+    def read_metadata(self, *args, **kwargs):
+        path = Path(self.path) / ".metadata"
+        try:
+            with open(path, "rb") as f:
+                metadata = _MetadataUnpickler(f, path).load()
+        except CheckpointError:
+            raise
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: missing; {path.parent} is not a whole DCP checkpoint") from None
+        except Exception as err:
+            raise CheckpointError(f"{path}: unreadable checkpoint metadata ({err!r})") from None
+        if type(metadata).__name__ != "Metadata" or not isinstance(getattr(metadata, "storage_data", None), dict):
+            raise CheckpointError(f"{path}: not DCP checkpoint metadata (a {type(metadata).__name__})")
+        for info in metadata.storage_data.values():
+            relative = Path(getattr(info, "relative_path", ""))
+            if relative.is_absolute() or len(relative.parts) != 1 or relative.name in ("", ".", ".."):
+                raise CheckpointError(f"{path}: refusing to load: it points outside its folder ({str(relative)!r})")
+        metadata.storage_meta = metadata.storage_meta or StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """Non-tensor items (the optimizer's hyperparameters) are unpickled with weights_only=True;
+    DCP's default planner would unpickle them unrestricted."""
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        try:
+            loaded = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise CheckpointError(f"checkpoint item {read_item.dest_index.fqn}: refusing to load ({err})") from None
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = loaded
+
+
+def read_metadata(path: Path):
+    """The checkpoint's DCP metadata, read safely (CheckpointError on anything suspicious)."""
+    return SafeReader(str(path)).read_metadata()
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -37,12 +135,27 @@ def epoch_checkpoint_name(epoch: int) -> str:
     return f"fsdp2_epoch_{epoch}"
 
 
+def has_trainer_state(path: Path) -> bool:
+    """Whether the checkpoint records its training position (ours do; the reference's do not)."""
+    return (path / TRAINER_STATE).exists()
+
+
+def read_trainer_state(path: Path) -> dict:
+    file = path / TRAINER_STATE
+    try:
+        state = json.loads(file.read_text())
+        int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{file}: unreadable trainer state ({err!r}); the checkpoint is damaged") from None
+    return state
+
+
 def complete_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints, oldest first (ordered by global step; a reference run's by epoch)."""
     found = []
     for path in checkpoint_dir(run_dir).glob("*"):
         if _NAME.match(path.name) and (path / MARKER).exists():
-            found.append((json.loads((path / TRAINER_STATE).read_text())["step"], path.name, path))
+            found.append((read_trainer_state(path)["step"], path.name, path))
     return [path for _, _, path in sorted(found)] + reference_run.epoch_checkpoints(run_dir)
 
 
@@ -62,29 +175,57 @@ def find_checkpoint(run_dir: str | Path, epoch: int | None = None, step: int | N
     return done[-1]
 
 
-def has_trainer_state(path: Path) -> bool:
-    """Whether the checkpoint records its training position (ours do; the reference's do not)."""
-    return (path / TRAINER_STATE).exists()
+# ----------------------------------------------------------------------------------------------
+# Writing
 
 
-def read_trainer_state(path: Path) -> dict:
-    return json.loads((path / TRAINER_STATE).read_text())
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint folder, its marker first: a deletion cut short leaves no folder that
+    looks complete."""
+    (path / MARKER).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def save_checkpoint(path: Path, model, optimizer, trainer_state: dict) -> None:
-    """Collective: every rank calls it. trainer_state is rank 0's JSON-able position."""
+    """Collective: every rank calls it. trainer_state is rank 0's JSON-able position. An existing
+    checkpoint of the same name is replaced only once the new one is whole."""
     rank = dist.get_rank()
-    if rank == 0 and path.exists():
-        shutil.rmtree(path)  # an incomplete leftover of the same name
+    partial = path.with_name(f".{path.name}{PARTIAL}")
+    if rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)  # a leftover of a save that was killed
+        partial.mkdir(parents=True)
     dist.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path))
-    torch.save({"torch": torch.get_rng_state()}, path / f"rng_rank{rank}.pt")
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(partial))
+    torch.save({"torch": torch.get_rng_state()}, partial / f"rng_rank{rank}.pt")
     dist.barrier()
     if rank == 0:
-        (path / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
-        (path / MARKER).write_text("ok\n")
+        _write_synced(partial / TRAINER_STATE, json.dumps(trainer_state, indent=1))
+        _write_synced(partial / MARKER, "ok\n")
+        if path.exists():
+            _remove(path)
+        os.replace(partial, path)
+        _sync_dir(path.parent)
     dist.barrier()
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
 
 
 def _load(state: dict, reader) -> None:
@@ -99,7 +240,7 @@ def _load(state: dict, reader) -> None:
             state[key] = torch.empty_like(tensor, dtype=meta.properties.dtype)
     with warnings.catch_warnings():  # a single-process load is the intent when no group exists
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, storage_reader=reader, no_dist=not dist.is_initialized())
+        dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner(), no_dist=not dist.is_initialized())
     with torch.no_grad():
         for key, target in converted.items():
             target.copy_(state[key])
@@ -118,13 +259,16 @@ def load_checkpoint(path: Path, model, optimizer) -> None:
     state = {f"model.{key(name)}": tensor for name, tensor in model_sd.items()}
     state.update({f"optim.state.{key(name)}.{field}": tensor
                   for name, fields in optim_sd["state"].items() for field, tensor in fields.items()})
-    _load(state, dcp.FileSystemReader(str(path)))
+    _load(state, SafeReader(str(path)))  # a refused .metadata stops every rank before DCP's collective load
     set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
     for group, kept in zip(optimizer.param_groups, hyperparameters):
         group.update(kept)
     rng = path / f"rng_rank{dist.get_rank()}.pt"
     if rng.exists():
-        torch.set_rng_state(torch.load(rng)["torch"])
+        try:
+            torch.set_rng_state(torch.load(rng, weights_only=True)["torch"])
+        except pickle.UnpicklingError as err:
+            raise CheckpointError(f"{rng}: refusing to load ({err})") from None
 
 
 def load_ema_weights(path: Path, model, optimizer) -> None:
@@ -144,7 +288,7 @@ def _key_naming(path: Path, model):
 
 def load_model_weights(path: Path, model, use_ema: bool = True) -> None:
     """Single process, no optimizer: the full model weights (EMA when present and asked for)."""
-    reader = dcp.FileSystemReader(str(path))
+    reader = SafeReader(str(path))
     keys = reader.read_metadata().state_dict_metadata
     key = _key_naming(path, model)
     state = {}
@@ -154,7 +298,19 @@ def load_model_weights(path: Path, model, use_ema: bool = True) -> None:
     _load(state, reader)
 
 
+# ----------------------------------------------------------------------------------------------
+# Pruning
+
+
 def prune_step_checkpoints(run_dir: str | Path, keep_last: int) -> None:
+    """Rank 0, after a save: delete step checkpoints beyond the last `keep_last`, and what killed
+    saves and prunes left behind (partial folders, step folders without their marker)."""
+    folder = checkpoint_dir(run_dir)
+    for leftover in folder.glob(f".*{PARTIAL}"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for path in folder.glob("step_*"):
+        if _NAME.match(path.name) and not (path / MARKER).exists():
+            shutil.rmtree(path, ignore_errors=True)
     steps = [p for p in complete_checkpoints(run_dir) if p.name.startswith("step_")]
     for path in steps[:-keep_last]:
-        shutil.rmtree(path, ignore_errors=True)
+        _remove(path)
