@@ -49,6 +49,7 @@ from omegaconf import MISSING, OmegaConf
 from tqdm import tqdm
 
 from data_io import DataError
+from data_io.outputs import Manifest, check_apart
 from data_io.spans import check_token_ids, length_policy, load_spans, load_tokens, save_spans, token_dtype
 from data_io.text_tokenizer import tokenizer_file
 
@@ -172,6 +173,7 @@ def sample(cfg: SampleConfig) -> dict:
     root, out = Path(cfg.tokenized_path), Path(cfg.output_path)
     rules = load_rules(cfg.prefix_config_path)
     folders = find_tokenized(root)
+    check_apart(out, [root], "output_path")
     info = json.loads((root / "tokenizer_info.json").read_text())
     vocab_size = info["vocab_size"]
 
@@ -195,10 +197,11 @@ def sample(cfg: SampleConfig) -> dict:
                         f"{cfg.context_size}; the others capped to 0 or repeat 0 by the rules); raise "
                         "context_size or lower min_resp_length")
 
-    for stale in [out / "metadata.json", out / "tokens.npy", out / "tokenizer.json", *out.glob("epoch_*")]:
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    stream = np.lib.format.open_memmap(out / "tokens.npy", mode="w+", dtype=token_dtype(vocab_size), shape=(offset,))
+    # The previous sampling's output is replaced; anything else in the folder is left alone.
+    manifest = Manifest(out, "sample_tokenized")
+    manifest.check_free(["metadata.json", "tokens.npy", "tokenizer.json", *(f"epoch_{e}" for e in range(cfg.epochs))])
+    manifest.prune(keep=())
+    stream = np.lib.format.open_memmap(manifest.claim("tokens.npy"), mode="w+", dtype=token_dtype(vocab_size), shape=(offset,))
     for (folder, _), source in zip(tqdm(folders, desc="copying tokens", unit="file"), sources):
         tokens = load_tokens(folder / "tokens.npy", FIX)
         stream[source.offset:source.offset + len(tokens)] = tokens
@@ -218,14 +221,14 @@ def sample(cfg: SampleConfig) -> dict:
                 parts[f].append(getattr(source, f)[rows])
         epoch_spans = {f: np.concatenate(v) for f, v in parts.items()}
         order = rng.permutation(len(epoch_spans["inst_len"]))
-        folder = out / f"epoch_{epoch}"
+        folder = manifest.claim(f"epoch_{epoch}")
         folder.mkdir()
         save_spans(folder, {f: v[order] for f, v in epoch_spans.items()})
 
     info = dict(info)
     found = tokenizer_file(info, root)
     if found is not None:
-        shutil.copyfile(found, out / "tokenizer.json")
+        shutil.copyfile(found, manifest.claim("tokenizer.json"))
         info["tokenizer_path"] = str((out / "tokenizer.json").resolve())
     else:
         print(f"warning: tokenizer_path {info.get('tokenizer_path')!r} of {root / 'tokenizer_info.json'} is "
@@ -234,7 +237,7 @@ def sample(cfg: SampleConfig) -> dict:
     total_length = int(round(epoch_tokens.sum() / cfg.epochs))
     metadata = {"tokenizer_info": info, "max_seq_len": cfg.context_size, "total_length": total_length,
                 "epochs": cfg.epochs, "seed": cfg.seed}
-    (out / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    manifest.claim("metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 
     rows = []
     for source, count, cov, tokens in zip(sources, draws, coverage, epoch_tokens.T):

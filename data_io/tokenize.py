@@ -9,7 +9,9 @@ to `__`, as data_io names them: SYNTH/part1.jsonl -> SYNTH__part1.jsonl), OUT/NA
 tokens.npy and inst_start/inst_len/resp_start/resp_len.npy (a row's instruction
 `boq + condition tokens + text + eoq` is followed by its response `text + eoa` in tokens.npy), plus
 source.json. Incremental: a source whose size, mtime and tokenizer are unchanged is skipped; output
-folders of sources no longer given are removed. Encoding runs on all cores.
+folders of sources no longer given are removed. OUT/.tokenize_manifest.json lists what this tool
+wrote: it replaces and removes those entries only, and refuses an OUT inside an input. Encoding
+runs on all cores.
 
 The special tokens: --boq/--eoq/--eoa/--pad and --conditions name the strings (as data_io's
 tokenizer takes them); by default a tokenizer's own set is used, ours (<|boq|> <|eoq|> <|eoa|>
@@ -27,11 +29,13 @@ import numpy as np
 from tqdm import tqdm
 
 from data_io import DataError
+from data_io.outputs import Manifest, check_apart
 from data_io.rows import count_lines, find_sources, read_rows
 from data_io.spans import save_spans, token_dtype
 from data_io.text_tokenizer import TextTokenizer, load_tokenizer, parse_condition_mapping
 
 ENCODE_BATCH_ROWS = 4096
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_info.json")
 
 
 def tokenize(inputs: list[str], tokenizer, out_dir: str, conditions: list[str] | None = None,
@@ -44,33 +48,32 @@ def tokenize(inputs: list[str], tokenizer, out_dir: str, conditions: list[str] |
         specials["condition_mapping"] = parse_condition_mapping(conditions)
     tok = load_tokenizer(tokenizer, specials)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_apart(out, inputs, "--out")
+    sources = find_sources(inputs)
+    manifest = Manifest(out, "tokenize")
     info = tok.info()
     if tok.kind == "hf":  # keep the tokenizer with the data it produced
-        if Path(tok.path) != (out / "tokenizer.json").resolve():
-            shutil.copyfile(tok.path, out / "tokenizer.json")
-        info["tokenizer_path"] = str((out / "tokenizer.json").resolve())
-    (out / "tokenizer_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        copy = manifest.claim("tokenizer.json")
+        if Path(tok.path) != copy.resolve():
+            shutil.copyfile(tok.path, copy)
+        info["tokenizer_path"] = str(copy.resolve())
+    manifest.claim("tokenizer_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
-    sources = find_sources(inputs)
     counts = {"tokenized": 0, "skipped": 0, "pruned": 0}
     for file, name in sources:
         stat = file.stat()
         record = {"source": str(file.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                   "tokenizer": tok.fingerprint}
-        target = out / name
+        target = manifest.claim(name)
         if _read_record(target) == record:
             counts["skipped"] += 1
             continue
-        _tokenize_file(file, name, tok, target, record)
+        _tokenize_file(file, name, tok, target, manifest.claim(name + ".partial"), record)
+        manifest.remove(name + ".partial")
         counts["tokenized"] += 1
 
-    wanted = {name for _, name in sources}
-    for record_file in sorted(out.rglob("source.json")):
-        folder = record_file.parent
-        if folder.relative_to(out).as_posix() not in wanted:
-            shutil.rmtree(folder)
-            counts["pruned"] += 1
+    # Only what this tool wrote is pruned (sources no longer given, partial folders of a killed run).
+    counts["pruned"] = manifest.prune(keep={name for _, name in sources} | set(TOKENIZER_FILES))
     print(f"tokenize: {counts['tokenized']} tokenized, {counts['skipped']} unchanged, "
           f"{counts['pruned']} removed -> {out}")
     return counts
@@ -84,7 +87,7 @@ def _read_record(folder: Path) -> dict | None:
     return {k: record.get(k) for k in ("source", "size", "mtime_ns", "tokenizer")}
 
 
-def _tokenize_file(file: Path, name: str, tok: TextTokenizer, target: Path, record: dict) -> None:
+def _tokenize_file(file: Path, name: str, tok: TextTokenizer, target: Path, partial: Path, record: dict) -> None:
     eoa = tok.eoa_id
     pieces: list[np.ndarray] = []
     inst_len: list[int] = []
@@ -122,7 +125,6 @@ def _tokenize_file(file: Path, name: str, tok: TextTokenizer, target: Path, reco
     resp_len_a = np.asarray(resp_len, np.int64)
     sample_start = np.concatenate([[0], np.cumsum(inst_len_a + resp_len_a)[:-1]]) if pieces else inst_len_a
     # Written next to the target and renamed, so an interrupted run never leaves a half folder.
-    partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     np.save(partial / "tokens.npy", tokens.astype(token_dtype(tok.vocab_size)))
@@ -130,6 +132,7 @@ def _tokenize_file(file: Path, name: str, tok: TextTokenizer, target: Path, reco
                          "resp_start": sample_start + inst_len_a, "resp_len": resp_len_a})
     (partial / "source.json").write_text(json.dumps({**record, "rows": len(inst_len)}, indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(partial, target)
 
 
