@@ -37,7 +37,7 @@ from models.optimizer import AdamATan2
 from training import checkpoint as ckpt
 from training import run_dir as run_files
 from training.config import TrainConfig, accept_appends, to_train_config
-from training.distributed import Dist, broadcast_object, init_distributed
+from training.distributed import Dist, broadcast_object, init_distributed, set_cpu_threads
 from training.logger import MetricsLogger
 from training.parallel import parallelize
 from training.schedule import lr_at
@@ -99,21 +99,20 @@ def check_start(cfg: TrainConfig, d: Dist) -> None:
 
 def resolve_resume(cfg: TrainConfig) -> tuple[TrainConfig, Path | None, bool]:
     """The checkpoint to start from (None for a fresh run) and whether the run continues exactly
-    (its step, data position and RNG): when the checkpoint is one of ours, on the same data, and
-    not weights_only_resume_from_ema. A continued run stays in its own directory unless
-    checkpoint_path says otherwise. Otherwise it is a warm start, as the reference's resume: the
-    weights and optimizer state (moments, step counts, EMA; or the EMA weights and a fresh
-    optimizer), then step 0 of the new data (SFT)."""
+    (run_files.resumes_exactly: one of our checkpoints, the run's own dataset, not
+    weights_only_resume_from_ema). A continued run stays in its own directory unless
+    checkpoint_path says otherwise. Otherwise it is a warm start, as the reference's resume, in a
+    new run directory: the weights and optimizer state (moments, step counts, EMA; or the EMA
+    weights and a fresh optimizer), then step 0 of the new data (SFT)."""
     if not cfg.resume_from:
         return cfg, None, False
     resume_dir = Path(cfg.resume_from)
     try:
         run_files.check_resume_compatible(cfg.model_dump(), resume_dir, cfg.weights_only_resume_from_ema)
+        checkpoint = ckpt.find_checkpoint(resume_dir, cfg.resume_epoch, cfg.resume_step)
+        continues = run_files.resumes_exactly(cfg.model_dump(), resume_dir, checkpoint)
     except run_files.RunDirError as err:
         fail(str(err))
-    checkpoint = ckpt.find_checkpoint(resume_dir, cfg.resume_epoch, cfg.resume_step)
-    same_data = run_files.read_config(resume_dir).get("data", {}).get("path") == cfg.data.path
-    continues = not cfg.weights_only_resume_from_ema and same_data and ckpt.has_trainer_state(checkpoint)
     if continues and cfg.checkpoint_path is None:
         cfg = cfg.model_copy(update=dict(checkpoint_path=str(resume_dir), run_name=resume_dir.name,
                                          project_name=resume_dir.parent.name))
@@ -143,13 +142,31 @@ def set_up(cfg: TrainConfig, d: Dist) -> tuple[Run, Path | None, bool]:
     whether the run continues from it exactly (resolve_resume)."""
     torch.manual_seed(cfg.seed)
     check_start(cfg, d)
+    if d.device.type == "cpu":
+        set_cpu_threads(cfg.arch.hidden_size)
     cfg, resume_ckpt, continues = resolve_resume(cfg)
     cfg = derive_names(cfg, d)
+    problem = None
+    if d.is_main:  # decided once: rank 0 writes the directory as soon as it gets there
+        try:
+            run_files.check_unclaimed(Path(cfg.checkpoint_path), Path(cfg.resume_from) if continues else None)
+        except run_files.RunDirError as err:
+            problem = str(err)
+    if broadcast_object(problem):
+        fail(problem)
     dataset = PackedDataset(cfg.data.path, cfg.global_batch_size, num_replicas=d.world_size, rank=d.rank,
                             epochs=cfg.epochs, target_only=cfg.data.target_only,
                             max_samples_per_batch=cfg.data.max_samples_per_batch)
     vocab_size = model_vocab_size(dataset.vocab_size)
     context_len = dataset.max_seq_len - 1
+    if dataset.metadata["max_seq_len"] > dataset.batch_max_length + 1:
+        fail(f"global_batch_size={cfg.global_batch_size} gives each of the {d.world_size} rank(s) "
+             f"{dataset.batch_max_length} tokens, less than one sample may need ({dataset.metadata['max_seq_len'] - 1}, "
+             f"max_seq_len in {Path(cfg.data.path) / 'metadata.json'}); use global_batch_size >= "
+             f"{(dataset.metadata['max_seq_len'] - 1) * d.world_size}")
+    if len(dataset) == 0:
+        fail(f"no training step: data.path={cfg.data.path} packs into 0 batches of global_batch_size="
+             f"{cfg.global_batch_size}; lower global_batch_size or give more data")
     model = LanguageModel(cfg.arch, vocab_size).to(d.device)
     model.init_weights()
     parallelize(model, fwd_bwd_dtype(cfg, d.device), unit=cfg.shard_unit,
@@ -236,7 +253,7 @@ def log_window(run: Run, window: MetricsWindow, logger: MetricsLogger | None, ba
 
 def train(run: Run, d: Dist, logger: MetricsLogger | None) -> None:
     cfg, dataset = run.cfg, run.dataset
-    window, stop = MetricsWindow(d.device, d.world_size), StopRequest()
+    window, stop = MetricsWindow(d.device, d.world_size), StopRequest(d.device)
     bar = tqdm(total=run.last_step, initial=run.step, desc="train", disable=not d.is_main, dynamic_ncols=True)
     first_step = run.step + 1
     run.model.train()
@@ -267,7 +284,7 @@ def train(run: Run, d: Dist, logger: MetricsLogger | None) -> None:
             save(run, name, d)
         if run.step >= run.last_step:
             break
-        if run.step % cfg.log_interval == 0 and stop.agreed(d.device):
+        if stop.agreed():
             if name is None:  # a checkpoint of this step was just written
                 save(run, f"step_{run.step}", d)
             if d.is_main:
@@ -280,6 +297,11 @@ def run_training(cfg: TrainConfig, d: Dist) -> None:
     run, resume_ckpt, continues = set_up(cfg, d)
     if resume_ckpt is not None:
         restore(run, resume_ckpt, continues, d)
+        if run.step >= run.last_step:  # nothing written: the finished run stays as it was
+            if d.is_main:
+                print(f"{resume_ckpt} is at step {run.step}, the run's last (max_steps={cfg.max_steps}, "
+                      f"{run.total_steps} in the schedule); nothing to train. Raise max_steps to go on", flush=True)
+            return
     logger = start_run_directory(run, d)
     train(run, d, logger)
     if logger:
@@ -287,16 +309,20 @@ def run_training(cfg: TrainConfig, d: Dist) -> None:
         print(f"done: step {run.step}; checkpoints in {ckpt.checkpoint_dir(run.run_dir)}", flush=True)
 
 
-@hydra.main(config_path="config", config_name="cfg_pretrain", version_base=None)
-def main(hydra_cfg: DictConfig) -> None:
-    cfg = to_train_config(hydra_cfg)
+def launch(cfg: TrainConfig) -> None:
+    """Train in this process (one rank of torchrun, or alone); bad input exits with one line."""
     d = init_distributed()
     try:
         run_training(cfg, d)
-    except (DataError, ckpt.CheckpointError) as err:
+    except (DataError, ckpt.CheckpointError, FileNotFoundError) as err:
         fail(str(err))
     finally:
         dist.destroy_process_group()
+
+
+@hydra.main(config_path="config", config_name="cfg_pretrain", version_base=None)
+def main(hydra_cfg: DictConfig) -> None:
+    launch(to_train_config(hydra_cfg))
 
 
 if __name__ == "__main__":

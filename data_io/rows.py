@@ -61,6 +61,11 @@ def _check_row(row, where: str) -> tuple[str, str, list[str]]:
             problem = "is missing" if row.get(field) is None else f"must be a string, got {type(row[field]).__name__}"
             raise DataError(f"{where}: field {field!r} {problem}; every row needs string "
                             "'instruction' and 'response' fields")
+        try:
+            row[field].encode("utf-8")
+        except UnicodeEncodeError as err:  # JSON allows a lone surrogate escape such as "\ud800"
+            raise DataError(f"{where}: field {field!r} holds a lone UTF-16 surrogate at character {err.start} "
+                            "(an unpaired \\ud800-\\udfff escape); fix or drop the row") from None
     return row["instruction"], row["response"], parse_conditions(row.get("condition"), where)
 
 
@@ -82,6 +87,9 @@ def read_rows(file: Path) -> Iterator[tuple[str, str, str, list[str]]]:
                 except json.JSONDecodeError as err:
                     raise DataError(f"{file}:{line_no}: not valid JSON ({err}); each line must be one "
                                     'object like {"instruction": ..., "response": ...}') from None
+                except RecursionError:
+                    raise DataError(f"{file}:{line_no}: JSON nested too deeply to read; a row is one object "
+                                    'like {"instruction": ..., "response": ...}') from None
                 yield f"{file}:{line_no}", *_check_row(row, f"{file}:{line_no}")
     else:
         import pyarrow.parquet as pq

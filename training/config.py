@@ -67,6 +67,7 @@ class TrainConfig(BaseModel):
     resume_epoch: int | None = None
     resume_step: int | None = None
     weights_only_resume_from_ema: bool = False
+    resume_other_data: bool = False
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
 
     @model_validator(mode="after")
@@ -74,6 +75,9 @@ class TrainConfig(BaseModel):
         for key in ("global_batch_size", "epochs", "log_interval", "keep_last", "checkpoint_interval"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("max_steps", "checkpoint_every_steps"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1 or null, got {getattr(self, key)}")
         if not 0.0 <= self.activation_memory_budget <= 1.0:
             raise ValueError(f"activation_memory_budget must lie in [0, 1], got {self.activation_memory_budget}")
         if self.ema is not None and not 0.0 <= self.ema < 1.0:
@@ -92,8 +96,8 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
     try:
         return TrainConfig.model_validate(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     except ValidationError as err:
-        lines = [f"  {'.'.join(str(p) for p in e['loc']) or '<config>'}: {e['msg']}" for e in err.errors()]
-        raise SystemExit("invalid configuration:\n" + "\n".join(lines)) from None
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or '<config>'}: {e['msg']}" for e in err.errors()]
+        raise SystemExit("invalid configuration: " + "; ".join(problems)) from None
 
 
 def accept_appends(args: list[str]) -> list[str]:

@@ -29,6 +29,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Hidden sizes per CPU thread worth spreading a matmul over: below it, each thread's share of a
+# tiny op is shorter than the threads' wake-up and spin-wait, and a busy neighbouring process,
+# taking a core the threads spin for, stretches every op many times over.
+HIDDEN_PER_CPU_THREAD = 512
+
+
+def set_cpu_threads(hidden_size: int) -> int:
+    """Set and return torch's CPU thread count: HRM_CPU_THREADS when given, else OMP_NUM_THREADS
+    when given (torch reads it itself; torchrun sets 1 per process), else one per
+    HIDDEN_PER_CPU_THREAD of hidden size, at least 1 and at most the cores this process may run on
+    (os.sched_getaffinity: a container's or taskset's share, not the machine's)."""
+    if os.environ.get("HRM_CPU_THREADS"):
+        threads = int(os.environ["HRM_CPU_THREADS"])
+    elif os.environ.get("OMP_NUM_THREADS"):
+        threads = torch.get_num_threads()
+    else:
+        threads = max(1, min(len(os.sched_getaffinity(0)), hidden_size // HIDDEN_PER_CPU_THREAD))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def init_distributed() -> Dist:
     if "RANK" not in os.environ:  # plain `python pretrain.py`
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",

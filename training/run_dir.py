@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import NamedTuple
 
+import torch
 import yaml
 
 from data_io.text_tokenizer import TextTokenizer, tokenizer_file, tokenizer_from_info
@@ -25,6 +26,8 @@ from models.config import ArchConfig
 from models.model import LanguageModel, model_vocab_size
 from training import checkpoint as ckpt
 from training import reference_run
+from training.distributed import set_cpu_threads
+from training.logger import METRICS_FILE
 
 CONFIG = "all_config.yaml"
 TRAIN_METADATA = "train_metadata.yaml"
@@ -84,10 +87,22 @@ def copy_tokenizer(tokenizer_info: dict, dataset_path: Path, tok_dir: Path) -> N
     (tok_dir / TOKENIZER_INFO).write_text(json.dumps(info, indent=1))
 
 
+def check_unclaimed(run_dir: Path, continued: Path | None) -> None:
+    """A run directory belongs to one run: a new run, or a warm start from another, never writes
+    into an existing one (it would overwrite its config and metrics, and pruning would delete
+    checkpoints by the old run's steps). Only the run itself continues there (`continued`: the
+    run a resume continues exactly, resumes_exactly)."""
+    if continued is not None and run_dir.resolve() == continued.resolve():
+        return
+    held = [name for name in (CONFIG, METRICS_FILE, ckpt.checkpoint_dir(run_dir).name) if (run_dir / name).exists()]
+    if held:
+        raise RunDirError(f"checkpoint_path={run_dir} already holds a run ({', '.join(held)}); give a new "
+                          f"checkpoint_path (resume_from={run_dir} on that run's own data continues it there)")
+
+
 def check_resume_compatible(config: dict, resume_dir: Path, weights_only: bool) -> None:
     """Raise RunDirError when `config` cannot continue the run in `resume_dir`: a different
-    architecture (the gradient-depth schedule may change), or the EMA
-    switched on or off."""
+    architecture (the gradient-depth schedule may change), or the EMA switched on or off."""
     old = read_config(resume_dir)
     if not weights_only and (old.get("ema") is None) != (config.get("ema") is None):
         # The EMA lives in the optimizer state: a run without one has none to resume, and a run
@@ -100,6 +115,45 @@ def check_resume_compatible(config: dict, resume_dir: Path, weights_only: bool) 
     if diffs:
         raise RunDirError(f"resume_from={resume_dir}: architecture differs from the checkpoint's ({', '.join(diffs)}); "
                           "pass the run's arch/net and arch/size overrides")
+
+
+def dataset_changes(resume_dir: Path, data_path: Path) -> list[str] | None:
+    """The metadata.json keys in which the dataset at data_path differs from the one the run in
+    resume_dir trained on: none for the same dataset, wherever it lies now (the tokenizer's path
+    aside: it moves with the data). None when the run kept no copy to compare with."""
+    def comparable(metadata: dict) -> dict:
+        return {**metadata, "tokenizer_info": {k: v for k, v in metadata.get("tokenizer_info", {}).items()
+                                               if k != "tokenizer_path"}}
+
+    saved = resume_dir / DATASET_METADATA
+    if not saved.is_file():
+        return None
+    old, new = comparable(json.loads(saved.read_text())), comparable(json.loads((data_path / "metadata.json").read_text()))
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def resumes_exactly(config: dict, resume_dir: Path, checkpoint: Path) -> bool:
+    """Whether resume_from continues the run exactly (its step, data position and RNG) rather than
+    warm-starting at step 0 as the reference's resume does (docs/DESIGN.md, "Resume and warm
+    starts"). It continues when the checkpoint records its position, weights_only_resume_from_ema
+    is off and the data is the dataset the run trained on. The one case refused: data.path is the
+    run's own path but the dataset there changed since, where a continuation would read other
+    samples at the saved position and a warm start is not what the command asks for;
+    resume_other_data=true takes it as other data (a warm start)."""
+    if config.get("weights_only_resume_from_ema") or not ckpt.has_trainer_state(checkpoint):
+        return False
+    data_path = Path(config["data"]["path"])
+    run_data_path = read_config(resume_dir).get("data", {}).get("path")
+    same_path = run_data_path is not None and Path(run_data_path).resolve() == data_path.resolve()
+    changes = dataset_changes(resume_dir, data_path)
+    if changes is None:  # a run without its dataset's metadata: the path decides
+        return same_path
+    if same_path and changes and not config.get("resume_other_data"):
+        raise RunDirError(f"resume_from={resume_dir}: the dataset at data.path={data_path} is not the one the run "
+                          f"trained on ({data_path / 'metadata.json'} differs from {resume_dir / DATASET_METADATA} in "
+                          f"{', '.join(changes)}); restore it to continue the run, or pass resume_other_data=true "
+                          "to warm-start on it at step 0")
+    return not changes
 
 
 class LoadedRun(NamedTuple):
@@ -116,6 +170,7 @@ def load_run(run_dir: str | Path, ckpt_epoch: int | None = None, ckpt_step: int 
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     arch = read_arch(config, arch_override)
+    checkpoint = ckpt.find_checkpoint(run_dir, ckpt_epoch, ckpt_step)
     if reference_run.is_reference_config(config):
         # its dataset metadata (tokenizer_info with the tokenizer's own path) and unrounded vocabulary
         meta = yaml.safe_load((run_dir / reference_run.REFERENCE_DATASET_METADATA).read_text())
@@ -126,8 +181,9 @@ def load_run(run_dir: str | Path, ckpt_epoch: int | None = None, ckpt_step: int 
         info = json.loads((run_dir / TOKENIZER_DIR / TOKENIZER_INFO).read_text())
         vocab_size = model_vocab_size(info["vocab_size"])
     tokenizer = tokenizer_from_info(info, run_dir)
+    if torch.device(device).type == "cpu":
+        set_cpu_threads(arch.hidden_size)
     model = LanguageModel(arch, vocab_size)
-    checkpoint = ckpt.find_checkpoint(run_dir, ckpt_epoch, ckpt_step)
     ckpt.load_model_weights(checkpoint, model, use_ema=use_ema)
     model.to(device).eval()
     return LoadedRun(model, tokenizer, meta["max_seq_len"] - 1, checkpoint)

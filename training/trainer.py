@@ -5,6 +5,7 @@ between logs, when to checkpoint, and the stop request. pretrain.py composes the
 import gc
 import signal
 import time
+from collections import deque
 
 import torch
 
@@ -111,16 +112,34 @@ def checkpoint_name(step: int, last_step: int, epoch_ended: bool, epoch: int, ep
 
 
 class StopRequest:
-    """SIGTERM (e.g. a scheduler's preemption) asks for a checkpoint and a clean exit."""
+    """SIGTERM (e.g. a scheduler's preemption) asks for a checkpoint and a clean exit, acted on
+    within a few steps whatever the log interval: every step the ranks sum their flags, and the
+    sum is read LAG steps later. By then the device has long computed it, so reading it never
+    stalls the host, and every rank reads the same sum at the same step."""
 
-    def __init__(self):
+    LAG = 2
+
+    def __init__(self, device: torch.device):
+        self.device = device
         self.requested = False
+        self.sums: deque = deque()  # (host copy of a step's sum, event marking it ready)
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         self.requested = True
 
-    def agreed(self, device) -> bool:
-        """Collective: whether any rank was asked to stop."""
-        flag = torch.tensor([float(self.requested)], device=device)
-        return all_reduce_sum(flag).item() > 0
+    def agreed(self) -> bool:
+        """Collective, called every step: whether any rank had been asked to stop LAG steps ago."""
+        total = all_reduce_sum(torch.tensor([float(self.requested)], device=self.device))
+        ready = None
+        if self.device.type == "cuda":
+            ready = torch.cuda.Event()
+            total = total.to("cpu", non_blocking=True)
+            ready.record()
+        self.sums.append((total, ready))
+        if len(self.sums) <= self.LAG:
+            return False
+        total, ready = self.sums.popleft()
+        if ready is not None:
+            ready.synchronize()
+        return total.item() > 0
