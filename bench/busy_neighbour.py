@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import torch
+from common import ROOT, print_header
 BUSY = "while True: pass"
 
 
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args()
+    print_header(torch.device("cpu"))
     cores = {int(c) for c in args.cores.split(",")} if args.cores else os.sched_getaffinity(0)
     out = Path(args.out or tempfile.mkdtemp(prefix="busy_neighbour_"))
     base_env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "HRM_CPU_THREADS")}

@@ -4,8 +4,9 @@ run's, step for step).
 
     python bench/kill_resume.py [--kills 20] [--steps 30] [--seed 0] [--out DIR]
 
-Each kill lands a random time after a random step's loss is logged, so kills fall in steps, in
-checkpoint writes (most of a step here) and in prunes (keep_last=1). Prints one line per kill
+The kills land after `--kills` distinct random steps (in order), each a random 0-2 s after that
+step's loss is logged, so they fall in steps, in checkpoint writes (most of a step here), in
+prunes (keep_last=1) and in start-up. Prints one line per kill
 and a summary; exits 1 on any mismatch.
 """
 
@@ -21,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
+from common import ROOT, print_header
 
-from training import checkpoint as ckpt  # noqa: E402
+from training import checkpoint as ckpt
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -33,6 +34,12 @@ def losses(run: Path) -> dict[int, float]:
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return {r["step"]: r["train/loss"] for r in rows}
+
+
+def logged_since(run: Path, start: float, step: int) -> bool:
+    """Whether this process (it rewrites metrics.jsonl when it resumes) has logged `step` or later."""
+    path = run / "metrics.jsonl"
+    return path.exists() and path.stat().st_mtime > start and max(losses(run), default=0) >= step
 
 
 def command(data: Path, run: Path, steps: int, resume: bool) -> list[str]:
@@ -49,6 +56,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args()
+    print_header(torch.device("cpu"))
     rng = random.Random(args.seed)
     out = Path(args.out or tempfile.mkdtemp(prefix="kill_resume_"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
@@ -62,20 +70,18 @@ def main() -> None:
     reference = losses(out / "reference")
     print(f"reference: {len(reference)} steps in {time.time() - started:.0f} s", flush=True)
 
+    if args.kills >= args.steps:
+        raise SystemExit(f"--steps {args.steps} must exceed --kills {args.kills}")
     run = out / "killed"
     kills = 0
-    while kills < args.kills:
-        done = losses(run)
-        last = max(done, default=0)
-        if last >= args.steps - 1:
-            break  # too close to the end for another kill inside the run
-        target = rng.randint(last, args.steps - 1)  # kill after this step's loss is logged ...
-        delay = rng.uniform(0.0, 1.0)  # ... and a random part of a second later
+    for target in sorted(rng.sample(range(1, args.steps), args.kills)):
+        delay = rng.uniform(0.0, 2.0)
         resume = bool(run.exists() and ckpt.complete_checkpoints(run))
         if not resume:  # killed before its first checkpoint: nothing to resume, start again
             shutil.rmtree(run, ignore_errors=True)
+        start = time.time()
         proc = subprocess.Popen(command(data, run, args.steps, resume), **quiet)
-        while proc.poll() is None and max(losses(run), default=0) < target:
+        while proc.poll() is None and not logged_since(run, start, target):
             time.sleep(0.005)
         time.sleep(delay)
         if proc.poll() is not None:
