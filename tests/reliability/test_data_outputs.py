@@ -72,11 +72,11 @@ def test_tokenize_into_a_folder_of_foreign_folders_loses_nothing(tmp_path, corpu
 def test_tools_refuse_to_overwrite_foreign_entries(tmp_path, corpus):
     root, tok = corpus
     out = tmp_path / "out"
-    (out / "web" / "a.jsonl").mkdir(parents=True)
-    (out / "web" / "a.jsonl" / "mine.txt").write_text("keep")
-    with pytest.raises(SystemExit, match=r"out/web/a.jsonl exists and was not written by tokenize"):
+    (out / "web__a.jsonl").mkdir(parents=True)  # the name tokenize gives corpus/web/a.jsonl
+    (out / "web__a.jsonl" / "mine.txt").write_text("keep")
+    with pytest.raises(SystemExit, match=r"out/web__a.jsonl exists and was not written by tokenize"):
         tokenize_cli.main(["--inputs", str(root), "--tokenizer", str(tok), "--out", str(out)])
-    assert (out / "web" / "a.jsonl" / "mine.txt").read_text() == "keep"
+    assert (out / "web__a.jsonl" / "mine.txt").read_text() == "keep"
 
     tokenize([str(root)], str(tok), str(tmp_path / "tokenized"))
     sampled = tmp_path / "sampled"
