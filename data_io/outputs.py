@@ -11,15 +11,15 @@ from data_io import DataError
 
 
 def check_apart(out: Path, inputs: list[str | Path], out_flag: str) -> None:
-    """Refuse an output folder that is, or lies inside, or contains an input: the tool would
-    overwrite or prune its own input."""
+    """Refuse an output folder that is an input, lies inside an input folder, or holds an input:
+    the tool would overwrite or prune its own input. (Beside an input file is fine: a file input
+    is read alone, not its folder.)"""
     target = out.resolve()
     for given in map(Path, inputs):
         source = given.resolve()
-        folder = source if given.is_dir() else source.parent
-        if target == folder or folder in target.parents:
+        if target == source or (given.is_dir() and source in target.parents):
             raise DataError(f"{out_flag} {out} lies inside the input {given}; write to a folder outside the inputs")
-        if target in source.parents and given.is_dir():
+        if target in source.parents:
             raise DataError(f"{out_flag} {out} holds the input {given}; write to a folder outside the inputs")
 
 

@@ -134,12 +134,12 @@ def dataset_changes(resume_dir: Path, data_path: Path) -> list[str] | None:
 
 def resumes_exactly(config: dict, resume_dir: Path, checkpoint: Path) -> bool:
     """Whether resume_from continues the run exactly (its step, data position and RNG) rather than
-    warm-starting at step 0 as the reference's resume does (docs/DESIGN.md, "Resume and warm
-    starts"). It continues when the checkpoint records its position, weights_only_resume_from_ema
-    is off and the data is the dataset the run trained on. The one case refused: data.path is the
-    run's own path but the dataset there changed since, where a continuation would read other
-    samples at the saved position and a warm start is not what the command asks for;
-    resume_other_data=true takes it as other data (a warm start)."""
+    warm-starting at step 0 as the reference's resume does (docs/DESIGN.md, Decisions, "Resume and
+    warm starts"): it continues when the checkpoint records its position, weights_only_resume_from_ema
+    is off and data.path holds the dataset the run trained on. Refused: data.path is the run's own
+    path but the dataset there changed since (a continuation would read other samples at the saved
+    position, and a warm start is not what the command asks for), unless resume_other_data=true,
+    which takes it as other data."""
     if config.get("weights_only_resume_from_ema") or not ckpt.has_trainer_state(checkpoint):
         return False
     data_path = Path(config["data"]["path"])

@@ -45,7 +45,9 @@ def test_rerun_into_an_existing_run_is_refused_and_resume_continues_exactly(data
     assert result.returncode != 0 and f"checkpoint_path={run} already holds a run" in out, out[-2000:]
     assert f"resume_from={run}" in out
     assert files_of(run) == before  # config, metrics and checkpoints untouched
-    pretrain([f"data.path={data}", *COMMON, "epochs=1", f"resume_from={run}"])
+    # the dataset moved: the same metadata.json elsewhere is still the run's data, so it continues
+    moved = shutil.copytree(data, tmp_path / "moved")
+    pretrain([f"data.path={moved}", *COMMON, "epochs=1", f"resume_from={run}"])
     assert losses(run) == full
 
 
