@@ -2,9 +2,10 @@
 
     python -m evaluation.lm_eval_model --model hrm_text --model_args ckpt_path=RUN --tasks TASK ...
 
-takes lm-eval's own command line (`lm_eval` does not discover models outside its package, so
-this entry point registers `hrm_text` and then runs lm-eval's CLI). In Python, importing this
-module registers the model for `lm_eval.simple_evaluate(model="hrm_text", ...)`.
+takes lm-eval's own command line (lm-eval 0.4.13's `lm_eval` finds only the models of its own
+package, so this entry point registers `hrm_text` and then runs lm-eval's CLI; docs/EVALUATION.md
+says more). In Python, importing this module registers the model for
+`lm_eval.simple_evaluate(model="hrm_text", ...)`.
 
 The model is a prefix LM: each request's context is framed as training framed instructions
 (boq + condition tokens + context + eoq) and attended bidirectionally; the continuation is the
@@ -13,7 +14,7 @@ for a temperature) and cuts the text at the first `until` string; `loglikelihood
 continuation in one packed forward per batch. model_args: ckpt_path (a training run) or
 pretrained (an export: the Transformers engine, token_type_ids over the prompt), ckpt_epoch,
 use_ema, condition (default direct; "synth+cot" for several), max_context (default: the model's
-context), batch_size, device.
+context); batch_size and device come from lm-eval's --batch_size and --device.
 """
 
 import torch
@@ -53,6 +54,15 @@ class HrmTextLM(LM):
         self.max_context = int(max_context) if max_context else engine.context_len
         # lm-eval passes batch_size "auto" or a number
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict, additional_config=None):
+        # lm-eval's command line always passes --batch_size (default 1) and --device as keywords
+        flags = {key for key, value in (additional_config or {}).items() if value is not None}
+        if twice := sorted(flags & set(arg_dict)):
+            raise ValueError(f"hrm_text: {', '.join(twice)} given in --model_args; pass "
+                             f"{' '.join('--' + key for key in twice)} instead")
+        return super().create_from_arg_obj(arg_dict, additional_config)
 
     # ---- generation
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:

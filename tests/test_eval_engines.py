@@ -70,10 +70,13 @@ def test_build_engine_picks_transformers_for_hf_dir_and_plain_without_conditions
 
 
 def test_multi_tag_condition_and_context_limits(engine):
-    # "direct,cot": boq, one token per condition in the given order, the text, eoq.
-    ids = engine.encode_prompt("hello world", "direct,cot")
+    # "synth,cot": boq, one token per condition in the given order, the text, eoq.
+    ids = engine.encode_prompt("hello world", "synth,cot")
     vocab = engine.tokenizer.get_vocab()
-    assert ids == [vocab[t] for t in ("<|boq|>", "<|direct|>", "<|cot|>", "hello", "world", "<|eoq|>")]
+    assert ids == [vocab[t] for t in ("<|boq|>", "<|synth|>", "<|cot|>", "hello", "world", "<|eoq|>")]
+    # the reference tokenizes one string: boq + the conditions' tokens + prompt + eoq
+    reference = engine.tokenizer("<|boq|><|synth|><|cot|>hello world<|eoq|>", add_special_tokens=False)["input_ids"]
+    assert ids == reference
     prompts = ["hello world", "a b c d e f", "one"]  # 5, 9 and 4 tokens with boq, condition, eoq
     free = engine.generate(prompts, "direct", max_new_tokens=6, temperature=0.0, num_samples=1, batch_size=8,
                            max_context=64)

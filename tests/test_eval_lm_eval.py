@@ -3,6 +3,9 @@ custom task over the demo's held-out rows agrees item for item with the native h
 loglikelihood equals the Transformers export's prefix-LM forward."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +14,8 @@ from evaluation.engines import NativeEngine
 from evaluation.lm_eval_model import HrmTextLM
 from simple_inference_engine import SimpleEngine, heldout_accuracy
 from training.run_dir import load_run
+
+from conftest import ROOT
 
 TASK = """task: demo_heldout
 dataset_path: json
@@ -39,30 +44,45 @@ def native(demo_run):
     return SimpleEngine(model, tokenizer, context_len, compile=False)
 
 
-def test_custom_task_agrees_item_for_item_with_the_native_harness(demo_run, native, tmp_path):
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    data, _ = demo_run
-    rows = [json.loads(line) for line in (data / "heldout.jsonl").read_text().splitlines()]
-    own = NativeEngine(native).generate([r["instruction"] for r in rows], "direct", 32, 0.0, 1, 8)
+def test_cli_on_a_custom_task_agrees_item_for_item_with_the_native_harness(demo_run, native, tmp_path):
+    """lm-eval's own command line, offline, in a fresh process (lm-eval 0.4.13's `lm_eval` finds
+    no model outside its package, so the command is `python -m evaluation.lm_eval_model`, which
+    registers `hrm_text` and runs lm-eval's CLI with the same arguments)."""
+    data, run = demo_run
+    heldout = [json.loads(line) for line in (data / "heldout.jsonl").read_text().splitlines()][:8]
+    own = NativeEngine(native).generate([r["instruction"] for r in heldout], "direct", 32, 0.0, 1, 8)
     # Every other row's gold is the native answer, so both verdicts occur whatever the short
     # training reached: the item-for-item comparison below cannot pass vacuously.
-    rows = [{**r, "response": texts[0].strip()} if i % 2 == 0 else r for i, (r, texts) in enumerate(zip(rows, own))]
-    heldout = tmp_path / "heldout.jsonl"
-    heldout.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "demo_heldout.yaml").write_text(TASK.format(heldout=heldout))
-    out = lm_eval.simple_evaluate(model=HrmTextLM(engine=native, batch_size=8), tasks=["demo_heldout"],
-                                  task_manager=TaskManager(include_path=str(tmp_path)), log_samples=True)
-    samples = sorted(out["samples"]["demo_heldout"], key=lambda s: s["doc_id"])
-    assert len(samples) == len(rows)
+    rows = [{**r, "response": texts[0].strip()} if i % 2 == 0 else r for i, (r, texts) in enumerate(zip(heldout, own))]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "demo_heldout.yaml").write_text(TASK.format(heldout=tmp_path / "rows.jsonl"))
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_DATASETS_CACHE": str(tmp_path / "hf_cache")}
+    cli = subprocess.run([sys.executable, "-m", "evaluation.lm_eval_model", "--model", "hrm_text",
+                          "--model_args", f"ckpt_path={run}", "--tasks", "demo_heldout", "--include_path", str(tasks),
+                          "--batch_size", "8", "--device", "cpu", "--log_samples", "--output_path", str(tmp_path / "out")],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    (samples_file,) = (tmp_path / "out").rglob("samples_demo_heldout_*.jsonl")
+    samples = sorted((json.loads(line) for line in samples_file.read_text().splitlines()), key=lambda s: s["doc_id"])
+    (results_file,) = (tmp_path / "out").rglob("results_*.json")
+    results = json.loads(results_file.read_text())["results"]["demo_heldout"]
 
     assert [s["filtered_resps"][0] for s in samples] == [texts[0] for texts in own]
     verdicts = [s["exact_match"] for s in samples]
     assert verdicts == [float(texts[0].strip() == r["response"].strip()) for texts, r in zip(own, rows)]
-    accuracy = heldout_accuracy(native, rows, batch_size=8)
-    assert out["results"]["demo_heldout"]["exact_match,none"] == pytest.approx(accuracy)
-    assert 0 < sum(verdicts) < len(rows)  # a partly trained model: the comparison is not vacuous
+    assert 0 < sum(verdicts) < len(rows)
+    assert results["exact_match,none"] == pytest.approx(heldout_accuracy(native, rows, batch_size=8))
+
+
+def test_model_args_that_lm_evals_own_flags_also_pass_are_refused_by_name():
+    # the CLI passes --batch_size (default 1) and --device itself; the same key in --model_args
+    # would otherwise stop it with a TypeError about duplicate keywords
+    with pytest.raises(ValueError, match="batch_size given in --model_args; pass --batch_size instead"):
+        HrmTextLM.create_from_arg_obj({"ckpt_path": "RUN", "batch_size": 8}, {"batch_size": 1, "device": None})
 
 
 def test_loglikelihood_equals_the_exports_prefix_lm_forward(demo_run, native, tmp_path):
