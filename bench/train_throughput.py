@@ -137,7 +137,8 @@ def run_ours(args, d, arch, shape: str, tokens: int, backend: str, memory_budget
     vocab = model_vocab_size(TOKENIZER_VOCAB if not args.cpu else 500)
     context = args.context
     rng = np.random.default_rng(1234 + d.rank)
-    max_samples = default_max_samples(tokens)  # pretrain.py's slot count: kernels' grids depend on it
+    # pretrain.py's slot count (data.max_samples_per_batch): the varlen and fa3 kernels' grids grow with it
+    max_samples = args.max_samples or default_max_samples(tokens)
     batches = []
     for _ in range(args.distinct_batches):
         samples = (full_lengths(rng, tokens, context) if shape == "full"
@@ -473,6 +474,8 @@ def main() -> None:
     parser.add_argument("--full-tokens", type=int, default=8192, help="tokens per GPU for the full-length shape")
     parser.add_argument("--backends", default="auto", help="attention backends for our step, e.g. auto,varlen")
     parser.add_argument("--context", type=int, default=4096)
+    parser.add_argument("--max-samples", type=int, default=None,
+                        help="sample slots per batch (the training key data.max_samples_per_batch; default tokens // 4)")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--distinct-batches", type=int, default=4)
