@@ -132,7 +132,9 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
         chosen = next(b for b in _AUTO_ORDER if b in available)
         if (device.type, chosen) not in _logged_choices:
             _logged_choices.add((device.type, chosen))
-            log.info("attention backend auto -> %s on %s (available: %s)", chosen, device.type, ", ".join(available))
+            log.info("attention backend auto -> %s on %s: the first available of %s, fastest first as measured on "
+                     "prefix-LM batches (docs/DESIGN.md, \"Decisions\"); available: %s", chosen, device.type,
+                     " > ".join(_AUTO_ORDER), ", ".join(available))
         return chosen
     reason = _unavailable_reason(name, device)
     if reason is not None:
