@@ -82,10 +82,14 @@ class SimpleEngine:
         self.prefill_tokens = prefill_tokens or (16384 if on_cuda else 2048)
 
     @classmethod
-    def from_checkpoint(cls, ckpt_path, ckpt_epoch=None, use_ema=True, arch_override=None, device=None):
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    def from_checkpoint(cls, ckpt_path, ckpt_epoch=None, use_ema=True, arch_override=None, device=None,
+                        dtype: torch.dtype | None = None):
+        """The run's weights in `dtype`: by default bfloat16 on CUDA (the training's forward
+        precision; half the bytes a decode step moves) and float32 on CPU."""
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, tokenizer, context_len, _ = load_run(ckpt_path, ckpt_epoch, use_ema=use_ema,
                                                     arch_override=arch_override, device=device)
+        model.to(dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32))
         return cls(model, tokenizer, context_len)
 
     # -- prompts --------------------------------------------------------------------------------
@@ -144,7 +148,7 @@ class SimpleEngine:
         batch = self._batch_size(batch_size, len(waiting) * num_samples, cache_len)
         decode = DecodeBatch(self.model, batch, cache_len, context_len, max_new_tokens, self.eoa, sampling,
                              self._forward, self.flex_decode, stop_ids)
-        if self.cuda_graphs:
+        if self.cuda_graphs and max_new_tokens > 1:  # one new token (multiple choice) is the prefill's alone
             decode.capture()
 
         occupant: list[int | None] = [None] * batch  # the sequence each slot decodes

@@ -17,16 +17,27 @@ once before (compilation, graph capture, first-call overheads). Sections:
   roofline   decode steps of a full batch: bytes one step must move (each stack call's weights,
              each call's KV cache up to each row's position, the LM head and logits) over the
              measured bandwidth, against the measured step time; and batch-1 latency per token
-  prefill    --prefill-prompts prompts of ~--prefill-len tokens, 1 new token (MMLU's shape)
+  prefill    --prefill-prompts prompts of ~--prefill-len tokens, 1 new token (MMLU's shape); with
+             --train-step, bench/train_throughput.py's training step of the same model beside it
   samples    --sample-prompts prompts x --samples samples at T=0.8: wall time over the decode-only
-             time of the same tokens (steps x the measured step time of this batch)
+             time of the same tokens (steps x the measured step time of this batch and cache)
+  evaluation as a user runs it: a run directory as pretrain.py writes it (training/run_dir.py; random
+             weights, a tokenizer trained on the spot, eoa never generated), --eval-problems
+             GSM8k-schema rows in a data_dir, and `python -m evaluation.main` on them in a subprocess
+             (batch 64, 512 new tokens, 4096-token context): wall time including loading and
+             compilation, whether a progress bar was printed, peak GPU memory
+A summary table of the sections run ends the output.
 """
 
 import argparse
 import datetime
+import json
 import math
+import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -147,6 +158,24 @@ def weight_bytes(module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
+def decode_step_time(engine, group, cache_len, context, max_new_tokens, sampling, device) -> tuple[float, float]:
+    """(seconds per decode step, mean position at the start) of a batch of len(group) slots, one
+    prompt each, over a cache of cache_len: max_new_tokens - 1 steps through the engine's compiled
+    step (the same shapes as its own batch: no new compilation)."""
+    batch = len(group)
+    decode = DecodeBatch(engine.model, batch, cache_len, context, max_new_tokens, SPECIAL["<|eoa|>"], sampling,
+                         engine._forward, engine.flex_decode)
+    if engine.cuda_graphs:
+        decode.capture()
+    decode.prefill(group, [[] for _ in group], [[i] for i in range(batch)], [[i] for i in range(batch)],
+                   engine.prefill_backend)
+    decode.run(2)
+    start_positions = decode.positions.float().mean().item()
+    steps = max_new_tokens - 1
+    _, elapsed = timed(lambda: decode.run(steps), device)
+    return elapsed / steps, start_positions
+
+
 def roofline(args, engine, model, prompts, bandwidth, device) -> tuple[float, dict]:
     """Time decode steps of a full batch and of one sequence; print bytes per step and % reached."""
     arch = model.arch
@@ -156,19 +185,11 @@ def roofline(args, engine, model, prompts, bandwidth, device) -> tuple[float, di
     kv_per_position = 2 * net.layers_per_call * arch.num_heads * arch.head_dim * model.lm_head.weight.element_size()
     step_times = {}
     for batch in (args.batch_size, 1):
-        group = prompts[:batch]
         steps = args.max_new_tokens - 1
         # the cache length the engine gives the generate run, so the compiled step is reused
         cache_len = min(args.context, round_up(max(len(p) for p in prompts) + args.max_new_tokens, CACHE_GRANULE))
-        decode = DecodeBatch(model, batch, cache_len, args.context, args.max_new_tokens, SPECIAL["<|eoa|>"], Sampling(),
-                             engine._forward, engine.flex_decode)
-        if engine.cuda_graphs:
-            decode.capture()
-        decode.prefill(group, [[] for _ in group], [[i] for i in range(batch)], [[i] for i in range(batch)], engine.prefill_backend)
-        decode.run(2)
-        start_positions = decode.positions.float().mean().item()
-        _, elapsed = timed(lambda: decode.run(steps), device)
-        per_step = elapsed / steps
+        per_step, start_positions = decode_step_time(engine, prompts[:batch], cache_len, args.context,
+                                                     args.max_new_tokens, Sampling(), device)
         step_times[batch] = per_step
         mean_pos = start_positions + steps / 2  # keys read per row per call: position + 1
         kv = batch * (mean_pos + 1) * kv_per_position * len(per_call)
@@ -180,8 +201,115 @@ def roofline(args, engine, model, prompts, bandwidth, device) -> tuple[float, di
               f"+ KV {kv / 1e9:.2f} (mean position {mean_pos:.0f}) + logits {logits / 1e9:.3f}; at "
               f"{bandwidth / 1e12:.2f} TB/s: {ideal * 1e3:.2f} ms -> {100 * ideal / per_step:.0f}% of roofline"
               + (f"; {per_step * 1e3:.2f} ms/token latency" if batch == 1 else ""), flush=True)
-        del decode
     return step_times[args.batch_size], step_times
+
+
+NAMES = ("Natalia", "Weng", "Betty", "Julie", "James", "Albert", "Ken", "Alexis", "Tina", "Randy", "Joy", "Mark")
+ITEMS = ("clips", "apples", "pages", "marbles", "cookies", "tickets", "books", "eggs", "shirts", "stamps")
+SENTENCES = (
+    "{a} sold {x} {i} to friends in April, and then sold half as many {i} in May.",
+    "{a} earns ${x} an hour for babysitting and worked {y} minutes yesterday.",
+    "{a} is saving money for a new wallet which costs ${x}, and has only half of the money needed.",
+    "{a}'s parents gave {y} dollars for it, and {b}'s grandparents gave twice as much as the parents.",
+    "{a} is reading a {x}-page book and read {y} pages yesterday, and today read twice as many pages.",
+    "{b} wants to read half of the remaining pages tomorrow, so the book is finished by Friday.",
+    "{a} writes a {x}-page letter to {y} different friends twice a week.",
+    "{a} has a garden with flowers of {y} different colors, and there are {x} of each color.",
+    "Each box holds {y} {i}, and {b} buys {x} boxes at the store on Monday.",
+)
+
+
+def gsm8k_rows(rng, n: int) -> list[dict]:
+    """GSM8k-schema rows (question, answer ending in '#### N') of GSM8k's length, about 45 words."""
+    rows = []
+    for _ in range(n):
+        fill = lambda t: t.format(a=rng.choice(NAMES), b=rng.choice(NAMES), i=rng.choice(ITEMS),
+                                  x=int(rng.integers(2, 200)), y=int(rng.integers(2, 60)))
+        question = " ".join(fill(t) for t in rng.choice(SENTENCES, int(rng.integers(2, 5)), replace=False))
+        x, y = int(rng.integers(2, 200)), int(rng.integers(2, 60))
+        rows.append({"question": question + f" How many {rng.choice(ITEMS)} are there in total?",
+                     "answer": f"There are {x} + {y} = <<{x}+{y}={x + y}>>{x + y} in total.\n#### {x + y}"})
+    return rows
+
+
+def write_random_run(out: Path, net: str, size: str, context: int, rows: list[dict]) -> Path:
+    """A run directory as pretrain.py writes it (training/run_dir.py): config, metadata, a BPE
+    tokenizer trained on `rows`, and an epoch checkpoint of random weights whose LM head never
+    picks eoa (so every generation runs to its token limit)."""
+    import torch.distributed as dist
+
+    from data_io.text_tokenizer import load_tokenizer
+    from data_io.train_tokenizer import train_tokenizer
+    from training import checkpoint as ckpt
+    from training.run_dir import write_run_files
+
+    corpus = out / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    (corpus / "train.jsonl").write_text("".join(json.dumps({"instruction": r["question"], "response": r["answer"],
+                                                            "condition": "synth,cot"}) + "\n" for r in rows))
+    tok_dir = out / "tokenizer"
+    train_tokenizer([str(corpus)], str(tok_dir), vocab_size=4096)
+    tokenizer = load_tokenizer(str(tok_dir / "tokenizer.json"))
+    info = tokenizer.info() | {"tokenizer_path": "tokenizer.json"}
+    cfg = compose("cfg_pretrain", [f"arch/net@arch={net}", f"arch/size@arch={size}", f"data.path={tok_dir}"])
+    run = out / "run"
+    write_run_files(run, cfg.model_dump(), tok_dir, {"tokenizer_info": info, "max_seq_len": context + 1},
+                    {"parameters": "random"})
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with torch.device(device):
+        model = LanguageModel(cfg.arch, model_vocab_size(tokenizer.vocab_size))
+        model.init_weights()
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.eoa_id] = 0
+    dist.init_process_group("gloo", init_method=f"file://{out / 'store'}", rank=0, world_size=1)
+    try:
+        ckpt.save_checkpoint(ckpt.checkpoint_dir(run) / ckpt.epoch_checkpoint_name(1), model,
+                             torch.optim.SGD(model.parameters(), lr=0.0), {"step": 1})
+    finally:
+        dist.destroy_process_group()
+    return run
+
+
+def evaluation_run(args, out: Path, rng) -> dict:
+    """`python -m evaluation.main` on a random-weight run as a user runs it; its wall time, whether
+    it printed a progress bar, its peak GPU memory (the line evaluation.main prints)."""
+    data = out / "data"
+    rows = gsm8k_rows(rng, args.eval_problems)
+    (data / "GSM8k").mkdir(parents=True, exist_ok=True)
+    (data / "GSM8k" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t0 = time.perf_counter()
+    run = write_random_run(out, args.net, args.size, args.context, rows)
+    print(f"evaluation: run directory {run} written in {time.perf_counter() - t0:.0f} s", flush=True)
+    command = [sys.executable, "-m", "evaluation.main", f"ckpt_path={run}", f"data_dir={data}", "run_only=[GSM8k]",
+               f"generation_config.batch_size={args.batch_size}", f"generation_config.max_tokens={args.eval_new_tokens}",
+               f"generation_config.max_context={args.context}"]
+    print("evaluation: " + " ".join(command[1:]), flush=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    t0 = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    (out / "evaluation.log").write_text(done.stdout + "\n--- stderr ---\n" + done.stderr)
+    print(done.stdout[-3000:] + "\n" + done.stderr[-1500:].replace("\r", "\n"), flush=True)
+    peak = re.search(r"peak GPU memory ([0-9.]+) GiB", done.stdout)
+    result = {"rc": done.returncode, "wall_s": wall, "progress_bar": "generate:" in done.stderr,
+              "peak_gib": float(peak.group(1)) if peak else float("nan")}
+    print(f"evaluation: {args.eval_problems} problems, {args.eval_new_tokens} new tokens, batch {args.batch_size}: "
+          f"exit {result['rc']}, {wall:.0f} s wall (loading and compilation included), progress bar "
+          f"{'printed' if result['progress_bar'] else 'MISSING'}, peak GPU memory {result['peak_gib']:.1f} GiB; "
+          f"log {out / 'evaluation.log'}", flush=True)
+    return result
+
+
+def train_step_tokens_per_s(args) -> float:
+    """bench/train_throughput.py's training step of the same model on the packed mix: tokens/s."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--models",
+                           f"{args.net}:{args.size}", "--shapes", "mix", "--steps", "5", "--warmup", "2",
+                           "--no-peer", "--no-attention"] + (["--cpu"] if args.cpu else []),
+                          capture_output=True, text=True)
+    print(done.stdout[-2500:] + done.stderr[-1500:], flush=True)
+    summary = done.stdout.split("== summary")[-1].splitlines()
+    row = next((line.split() for line in summary if line.startswith(f"{args.net}:")), None)
+    return float(row[5]) if row and len(row) > 5 else float("nan")
 
 
 def main() -> None:
@@ -198,17 +326,27 @@ def main() -> None:
     parser.add_argument("--sample-prompts", type=int, default=64)
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--sample-new-tokens", type=int, default=64)
+    parser.add_argument("--eval-problems", type=int, default=1319, help="evaluation section: GSM8k-schema rows")
+    parser.add_argument("--eval-new-tokens", type=int, default=512, help="evaluation section: max_tokens")
+    parser.add_argument("--out", default=None, help="evaluation section: where its run, data and log go (default: a temp dir)")
     parser.add_argument("--sections", default="check,bandwidth,generate,roofline,prefill,samples",
-                        help="comma list of: check, bandwidth, generate, transformers, roofline, prefill, samples")
+                        help="comma list of: check, bandwidth, generate, transformers, roofline, prefill, samples, "
+                             "evaluation")
     parser.add_argument("--train-step", action="store_true",
-                        help="also run bench/train_throughput.py on the same model for the training step's tokens/s")
+                        help="prefill section: also run bench/train_throughput.py on the same model for the "
+                             "training step's tokens/s")
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args()
     if args.cpu:
         args.size, args.prompts, args.batch_size, args.max_new_tokens, args.context, args.median_prompt = \
             "tiny", 6, 4, 8, 128, 20
         args.prefill_prompts, args.prefill_len, args.sample_prompts, args.samples, args.sample_new_tokens = 8, 40, 2, 4, 4
+        args.eval_problems, args.eval_new_tokens = 12, 8
     sections = set(args.sections.split(","))
+    unknown = sections - {"check", "bandwidth", "generate", "transformers", "roofline", "prefill", "samples", "evaluation"}
+    if unknown:
+        parser.error(f"--sections: unknown {sorted(unknown)}")
+    summary: list[tuple[str, str]] = []
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     print(f"command: python3 {' '.join(sys.argv)}")
@@ -217,6 +355,16 @@ def main() -> None:
     rng = np.random.default_rng(0)
     if "check" in sections:
         check_fp32(args, device, rng)
+    if "evaluation" in sections:  # first: evaluation.main owns the GPU while it runs
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(args.out or tmp)
+            result = evaluation_run(args, out, rng)
+        summary.append(("evaluation.main, GSM8k-schema", f"{args.eval_problems} problems x {args.eval_new_tokens} "
+                        f"tokens: {result['wall_s']:.0f} s (exit {result['rc']}), progress bar "
+                        f"{'yes' if result['progress_bar'] else 'NO'}, peak {result['peak_gib']:.1f} GiB"))
+        if sections == {"evaluation"}:
+            print_summary(summary)
+            return
 
     arch = compose("cfg_pretrain", [f"arch/net@arch={args.net}", f"arch/size@arch={args.size}"]).arch
     vocab = model_vocab_size(32000 if not args.cpu else 500)
@@ -245,6 +393,7 @@ def main() -> None:
         native_rate = n / elapsed
         print(f"generate native      : {n} tokens in {elapsed:6.2f} s = {native_rate:8.1f} tokens/s "
               f"(first call, compiling: {warm_s:.0f} s)", flush=True)
+        summary.append(("generate, native", f"{native_rate:.0f} tokens/s (first call {warm_s:.0f} s)"))
         if "transformers" in sections:
             from transformers import HrmTextForCausalLM
 
@@ -264,34 +413,48 @@ def main() -> None:
                   f"{same}/{len(outs)}, first disagreement at token {int(np.median(first))} median)", flush=True)
             del peer
 
-    step_time = None
     if "roofline" in sections:
-        step_time, _ = roofline(args, engine, model, prompts, bandwidth, device)
+        step_time, step_times = roofline(args, engine, model, prompts, bandwidth, device)
+        summary.append(("decode step", f"batch {args.batch_size}: {step_time * 1e3:.2f} ms; batch 1: "
+                        f"{step_times[1] * 1e3:.2f} ms/token (% of roofline: see above)"))
 
     if "prefill" in sections:
         long = make_prompts(rng, args.prefill_prompts, vocab, args.prefill_len, 2 * args.prefill_len, spread=0.1)
-        engine.generate_ids(long, 1, batch_size=args.batch_size, progress=False)
+        # one new token: no decode step is compiled or captured, so a short call warms up the rest
+        engine.generate_ids(long[:args.batch_size], 1, batch_size=args.batch_size, progress=False)
         _, elapsed = timed(lambda: engine.generate_ids(long, 1, batch_size=args.batch_size, progress=False), device)
         tokens = sum(len(p) for p in long)
         print(f"prefill: {len(long)} prompts, {tokens} tokens (median {int(np.median([len(p) for p in long]))}), "
               f"1 new token, batch {args.batch_size}: {elapsed:.2f} s = {tokens / elapsed:9.0f} prompt tokens/s", flush=True)
+        figure = f"{tokens / elapsed:.0f} prompt tokens/s ({len(long)} prompts, {elapsed:.1f} s)"
+        if args.train_step:
+            train = train_step_tokens_per_s(args)
+            figure += f"; training step {train:.0f} tokens/s: prefill / training = {tokens / elapsed / train:.2f}x"
+        summary.append(("prefill, 1 new token", figure))
 
     if "samples" in sections:
         group = prompts[:args.sample_prompts]
         kw = dict(temperature=0.8, batch_size=args.batch_size, num_samples=args.samples, progress=False)
-        engine.generate_ids(group, args.sample_new_tokens, **kw)
+        # warm-up: the longest prompt gives the same batch and cache length, hence the same compiled step
+        longest = max(group, key=len)
+        engine.generate_ids([longest], args.sample_new_tokens, **kw)
         outs, elapsed = timed(lambda: engine.generate_ids(group, args.sample_new_tokens, **kw), device)
         n = sum(len(o) for o in outs)
-        line = (f"samples: {len(group)} prompts x {args.samples} samples, T=0.8, {args.sample_new_tokens} new tokens, "
-                f"batch {args.batch_size}: {n} tokens in {elapsed:.2f} s = {n / elapsed:.0f} tokens/s")
-        if step_time is not None:
-            decode_only = n / args.batch_size * step_time
-            line += f"; decode-only time of these tokens {decode_only:.2f} s -> wall / decode-only = {elapsed / decode_only:.2f}"
-        print(line, flush=True)
+        cache_len = min(args.context, round_up(len(longest) + args.sample_new_tokens, CACHE_GRANULE))
+        step_time, _ = decode_step_time(engine, (group * args.batch_size)[:args.batch_size], cache_len, args.context,
+                                        args.sample_new_tokens, Sampling(temperature=0.8), device)
+        decode_only = n / args.batch_size * step_time
+        print(f"samples: {len(group)} prompts x {args.samples} samples, T=0.8, {args.sample_new_tokens} new tokens, "
+              f"batch {args.batch_size}: {n} tokens in {elapsed:.2f} s = {n / elapsed:.0f} tokens/s; decode-only time "
+              f"of these tokens {decode_only:.2f} s ({step_time * 1e3:.2f} ms/step) -> wall / decode-only = "
+              f"{elapsed / decode_only:.2f}", flush=True)
+        summary.append((f"samples, {len(group)} x {args.samples}, T=0.8",
+                        f"{elapsed:.1f} s against {decode_only:.1f} s decode-only: {elapsed / decode_only:.2f}x"))
+    print_summary(summary)
 
-    if args.train_step:
-        subprocess.run([sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--models", f"{args.net}:{args.size}",
-                        "--variants", "after", "--no-peer", "--no-attention"], check=False)
+
+def print_summary(summary: list[tuple[str, str]]) -> None:
+    print("\n== summary\n" + "\n".join(f"{what:32} {figure}" for what, figure in summary), flush=True)
 
 
 if __name__ == "__main__":

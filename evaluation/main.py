@@ -2,6 +2,7 @@
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -130,6 +131,7 @@ def evaluate(cfg: DictConfig, benchmarks: dict[str, Benchmark], plans: dict[str,
         # The reference's native engine strips each prompt before wrapping it in boq/eoq.
         prompts = [item.prompt.strip() for name in members for item in benchmarks[name].items]
         print(f"[eval] {', '.join(members)}: {len(prompts)} prompts, {plan}", flush=True)
+        start = time.perf_counter()
         if cfg.search.method and prompts:
             names_of = [name for name in members for _ in benchmarks[name].items]
             outputs, compute = search_responses(engine, search_cfg, verifier, plan, prompts, names_of)
@@ -139,6 +141,8 @@ def evaluate(cfg: DictConfig, benchmarks: dict[str, Benchmark], plans: dict[str,
                                       temperature=plan["temperature"], num_samples=plan["num_samples"],
                                       batch_size=plan["batch_size"], seed=cfg.seed,
                                       max_context=plan["max_context"]) if prompts else []
+        print(f"[eval] {', '.join(members)}: generated in {time.perf_counter() - start:.1f} s{_peak_gpu_memory()}",
+              flush=True)
         if plan["stop"]:
             outputs = [[cut_at_stop(text, plan["stop"]) for text in samples] for samples in outputs]
         if len(outputs) != len(prompts):
@@ -162,6 +166,14 @@ def evaluate(cfg: DictConfig, benchmarks: dict[str, Benchmark], plans: dict[str,
             "options": benchmark_settings(cfg, name)[0],
         }
     return results
+
+
+def _peak_gpu_memory() -> str:
+    """', peak GPU memory N GiB' (what the engine's KV cache and activations took), or '' off CUDA."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return ""
+    return f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
 
 
 def format_table(results: dict[str, dict]) -> str:

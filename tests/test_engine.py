@@ -132,3 +132,14 @@ def test_batch_size_auto_and_bad_values(engine):
     with pytest.raises(ValueError, match="batch_size"):
         engine._batch_size(0, 5, 256)
     assert math.isfinite(engine.model.kv_cache_bytes_per_row(256))
+
+
+def test_from_checkpoint_loads_in_the_asked_precision(demo_run):
+    _, run = demo_run
+    default = SimpleEngine.from_checkpoint(run, device="cpu")
+    half = SimpleEngine.from_checkpoint(run, device="cpu", dtype=torch.bfloat16)
+    assert {p.dtype for p in default.model.parameters()} == {torch.float32}  # CPU default: the saved fp32
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    # the bf16 weights are the fp32 checkpoint's, rounded
+    assert torch.equal(half.model.lm_head.weight, default.model.lm_head.weight.to(torch.bfloat16))
+    assert half.model.new_kv_cache(1, 8).k[0].dtype == torch.bfloat16
