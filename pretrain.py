@@ -316,6 +316,11 @@ def launch(cfg: TrainConfig) -> None:
         run_training(cfg, d)
     except (DataError, ckpt.CheckpointError, FileNotFoundError) as err:
         fail(str(err))
+    except OSError as err:  # the run directory's files and metrics: disk full, read-only
+        problem = ckpt.storage_failure(err)
+        if problem is None:
+            raise
+        fail(f"{problem}; free space or choose a writable checkpoint_path")
     finally:
         dist.destroy_process_group()
 

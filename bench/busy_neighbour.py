@@ -5,8 +5,10 @@ to the core count shows what a thread per core costs.
 
     python bench/busy_neighbour.py [--cores 0,1] [--steps 40] [--out DIR]
 
-Both the run and the busy process are pinned to --cores. Step time: the median over logged steps
-(the first 5 left out: start-up) of the wall time between consecutive metrics lines.
+Both the run and the busy process are pinned to --cores. Step time: the mean (and median) over
+logged steps (the first 5 left out: start-up) of the wall time between consecutive metrics lines;
+the ratio is of the means. The load average before each pair is printed: on a shared machine other
+work is a second neighbour.
 """
 
 import argparse
@@ -37,7 +39,7 @@ def step_times(run: Path, proc: subprocess.Popen) -> list[float]:
     return [b - a for a, b in zip(stamps, stamps[1:])][5:]
 
 
-def run_demo(data: Path, run: Path, steps: int, cores: set[int], env: dict, busy: bool) -> float:
+def run_demo(data: Path, run: Path, steps: int, cores: set[int], env: dict, busy: bool) -> list[float]:
     neighbour = None
     if busy:
         neighbour = subprocess.Popen([sys.executable, "-c", BUSY], preexec_fn=lambda: os.sched_setaffinity(0, cores))
@@ -54,7 +56,7 @@ def run_demo(data: Path, run: Path, steps: int, cores: set[int], env: dict, busy
         if neighbour is not None:
             neighbour.kill()
             neighbour.wait()
-    return statistics.median(times)
+    return times
 
 
 def main() -> None:
@@ -72,12 +74,16 @@ def main() -> None:
                     "--heldout-size", "10", "--epochs", "1"], cwd=ROOT, env=base_env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     print(f"cores {sorted(cores)}, {args.steps} steps of the CPU demo (global_batch_size=2048)")
-    print("| threads | alone s/step | beside a busy process s/step | ratio |\n|---|---|---|---|")
+    print("| threads | load avg | alone s/step mean (median) | beside a busy process s/step mean (median) | ratio of means |\n"
+          "|---|---|---|---|---|")
     for label, extra in (("chosen (default)", {}), (f"{len(cores)} (HRM_CPU_THREADS)", {"HRM_CPU_THREADS": str(len(cores))})):
         env = {**base_env, **extra}
+        load = os.getloadavg()[0]
         alone = run_demo(out / "data" / "sampled", out / f"alone{len(extra)}", args.steps, cores, env, busy=False)
         busy = run_demo(out / "data" / "sampled", out / f"busy{len(extra)}", args.steps, cores, env, busy=True)
-        print(f"| {label} | {alone:.3f} | {busy:.3f} | {busy / alone:.2f}x |", flush=True)
+        print(f"| {label} | {load:.1f} | {statistics.mean(alone):.3f} ({statistics.median(alone):.3f}) | "
+              f"{statistics.mean(busy):.3f} ({statistics.median(busy):.3f}) | "
+              f"{statistics.mean(busy) / statistics.mean(alone):.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ and downloaded, so it is read by an unpickler that builds only DCP's own metadat
 torch types they hold), and every tensor and byte item through `torch.load(weights_only=True)`.
 """
 
+import errno
 import io
 import json
 import os
@@ -41,7 +42,33 @@ _NAME = re.compile(r"^(step|fsdp2_epoch)_(\d+)$")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot or must not be read; the message names the file and the reason."""
+    """A checkpoint that cannot or must not be read or written; the message names the file and the
+    reason."""
+
+
+# Writes the storage refused, named as such (torch.save alone would report a full disk as
+# "unexpected pos", and DCP wraps its writers' errors).
+_STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                   errno.EROFS: "the file system is read-only", errno.EACCES: "it is not writable",
+                   errno.EPERM: "it is not writable", errno.EFBIG: "the file size limit (ulimit -f) is reached"}
+
+
+def storage_failure(err: BaseException, folder: Path | None = None) -> str | None:
+    """'<file>: <why>' for a write the storage refused (disk full, quota, read-only, permissions,
+    size limit), found behind the exceptions that wrap it, or, for an error that names no cause (a
+    tensor's torch.save reports ENOSPC as "unexpected pos"), a nearly full disk under `folder`;
+    None for any other error."""
+    if folder is not None and (free := shutil.disk_usage(folder).free) < 2**20:
+        return f"{folder}: the disk is full ({free} bytes free)"
+    pending = [err]
+    while pending:
+        error = pending.pop()
+        if isinstance(error, OSError) and error.errno in _STORAGE_ERRORS:
+            return f"{error.filename or 'a file'}: {_STORAGE_ERRORS[error.errno]} ({error.strerror})"
+        pending += [e for e in (error.__cause__, error.__context__) if e is not None]
+        for failure in getattr(error, "failures", {}).values():  # DCP's CheckpointException: rank -> (error, trace)
+            pending.append(failure[0] if isinstance(failure, tuple) else failure)
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,11 +206,14 @@ def find_checkpoint(run_dir: str | Path, epoch: int | None = None, step: int | N
 # Writing
 
 
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+def _write_synced(path: Path, data: bytes) -> None:
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:  # a failed write() names no file
+        raise OSError(err.errno, err.strerror, str(path)) from None
 
 
 def _sync_dir(path: Path) -> None:
@@ -203,24 +233,36 @@ def _remove(path: Path) -> None:
 
 def save_checkpoint(path: Path, model, optimizer, trainer_state: dict) -> None:
     """Collective: every rank calls it. trainer_state is rank 0's JSON-able position. An existing
-    checkpoint of the same name is replaced only once the new one is whole."""
+    checkpoint of the same name is replaced only once the new one is whole. A write the storage
+    refuses (disk full, read-only) is a CheckpointError naming the folder and why."""
     rank = dist.get_rank()
     partial = path.with_name(f".{path.name}{PARTIAL}")
-    if rank == 0:
-        shutil.rmtree(partial, ignore_errors=True)  # a leftover of a save that was killed
-        partial.mkdir(parents=True)
-    dist.barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(partial))
-    torch.save({"torch": torch.get_rng_state()}, partial / f"rng_rank{rank}.pt")
-    dist.barrier()
-    if rank == 0:
-        _write_synced(partial / TRAINER_STATE, json.dumps(trainer_state, indent=1))
-        _write_synced(partial / MARKER, "ok\n")
-        if path.exists():
-            _remove(path)
-        os.replace(partial, path)
-        _sync_dir(path.parent)
+    try:
+        if rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)  # a leftover of a save that was killed
+            partial.mkdir(parents=True)
+        dist.barrier()
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(partial))
+        rng = io.BytesIO()
+        torch.save({"torch": torch.get_rng_state()}, rng)
+        _write_synced(partial / f"rng_rank{rank}.pt", rng.getvalue())
+        dist.barrier()
+        if rank == 0:
+            _write_synced(partial / TRAINER_STATE, json.dumps(trainer_state, indent=1).encode())
+            _write_synced(partial / MARKER, b"ok\n")
+            if path.exists():
+                _remove(path)
+            os.replace(partial, path)
+            _sync_dir(path.parent)
+    except BaseException as err:  # DCP's CheckpointException is a BaseException
+        problem = storage_failure(err, path.parent)
+        if problem is None:
+            raise
+        if rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)  # what it holds is of no use, and takes space
+        raise CheckpointError(f"saving checkpoint {path}: {problem}; free space or make it writable, "
+                              f"then resume_from the run directory (its complete checkpoints are whole)") from None
     dist.barrier()
 
 
