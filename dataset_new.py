@@ -222,18 +222,24 @@ class PackedDataset:
         return plan.first_sample + plan.sampler.samples_before(step - plan.first_step)
 
     def state_dict(self) -> dict:
-        return {"epoch": self._epoch, "step": self._step, "plan": self._plan_key(),
-                "sample": self._samples_before(self._epoch, self._step)}
+        state = {"epoch": self._epoch, "step": self._step, "plan": self._plan_key(),
+                 "sample": self._samples_before(self._epoch, self._step)}
+        if self._replanned and self._replanned[0] == self._epoch:
+            state["replanned"] = list(self._replanned[1:])  # where this epoch's plan starts: (step, sample)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Continue at a saved position. Saved under another packing plan (another world size,
         global_batch_size or max_samples_per_batch), the rest of that epoch is planned again for
         this one: a global step takes the next samples in the epoch's order, so the samples its
         steps trained on are a prefix of it, and no sample is skipped or repeated. The epoch's step
-        count, and so the schedule's length, can then change by a few steps."""
+        count, and so the schedule's length, can then change by a few steps. A position inside such
+        an epoch records where its plan starts, so a later resume continues the same plan."""
         saved_plan = state.get("plan")  # absent in positions saved before it was recorded
         epoch, step = int(state["epoch"]), int(state["step"])
-        if saved_plan is not None and saved_plan != self._plan_key():
+        if saved_plan == self._plan_key() and "replanned" in state:  # the same replanned epoch, continued
+            self._replanned = (epoch, *map(int, state["replanned"]))
+        elif saved_plan is not None and saved_plan != self._plan_key():
             diffs = ", ".join(f"{k}: saved {saved_plan.get(k)}, now {v}" for k, v in self._plan_key().items()
                               if saved_plan.get(k) != v)
             if saved_plan.get("max_seq_len") != self.max_seq_len:

@@ -130,11 +130,11 @@ def new_optimizer(cfg: TrainConfig, model: LanguageModel) -> AdamATan2:
                      ema=cfg.ema, compile=model.compiled_loss)
 
 
-def schedule_length(cfg: TrainConfig, dataset: PackedDataset) -> dict[str, int]:
-    """The schedule's length is the packing plan's exact step count (docs/DESIGN.md, "Training");
-    the run stops at max_steps when that comes first."""
+def schedule_length(cfg: TrainConfig, dataset: PackedDataset) -> tuple[int, int]:
+    """(total_steps, last_step): the schedule's length is the packing plan's exact step count
+    (docs/DESIGN.md, "Training"); the run stops at max_steps when that comes first."""
     total_steps = len(dataset)
-    return dict(total_steps=total_steps, last_step=min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps)
+    return total_steps, min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
 
 
 def set_up(cfg: TrainConfig, d: Dist) -> tuple[Run, Path | None, bool]:
@@ -172,8 +172,9 @@ def set_up(cfg: TrainConfig, d: Dist) -> tuple[Run, Path | None, bool]:
     parallelize(model, fwd_bwd_dtype(cfg, d.device), unit=cfg.shard_unit,
                 compile=cfg.compile is True or (cfg.compile == "auto" and d.device.type == "cuda"),
                 activation_memory_budget=cfg.activation_memory_budget)
+    total_steps, last_step = schedule_length(cfg, dataset)
     run = Run(cfg, Path(cfg.checkpoint_path), dataset, model, new_optimizer(cfg, model),
-              backend=attn_lib.resolve_backend(cfg.attn_backend, d.device), **schedule_length(cfg, dataset),
+              backend=attn_lib.resolve_backend(cfg.attn_backend, d.device), total_steps=total_steps, last_step=last_step,
               flops_per_token=functools.cache(functools.partial(executed_flops_per_token, cfg.arch, vocab_size,
                                                                 context_len)),
               flops=functools.partial(executed_flops, cfg.arch, vocab_size))
@@ -194,7 +195,7 @@ def restore(run: Run, checkpoint: Path, continues: bool, d: Dist) -> None:
         run.step = state["step"]
         run.dataset.load_state_dict(state["data"])
         # a position saved under another packing plan replans the rest of its epoch
-        run.total_steps, run.last_step = schedule_length(run.cfg, run.dataset).values()
+        run.total_steps, run.last_step = schedule_length(run.cfg, run.dataset)
         message = f"resuming {checkpoint} at step {run.step} (data position {state['data']})"
     else:
         ckpt.load_checkpoint(checkpoint, run.model, run.optimizer)

@@ -118,7 +118,10 @@ def main() -> None:
         write_synthetic_dataset(data, n, args.context, 32000 if not args.cpu else 512, median=300 if not args.cpu else 40,
                                 fixed_length=args.fixed_length)
     run_dir = out / args.run_name
-    shutil.rmtree(run_dir, ignore_errors=True)  # this script's previous run of the same name
+    if run_dir.exists():  # this script's previous run of the same name; nothing else is deleted
+        if not (run_dir / "all_config.yaml").is_file():
+            raise SystemExit(f"{run_dir} exists and is not a run directory: pass another --out or --run-name")
+        shutil.rmtree(run_dir)
     start = time.time()
     run_pretrain(pretrain_command(data, run_dir, args.size, args.batch, args.steps, args.nproc, args.cpu,
                                   [f"log_interval={args.log_interval}", "checkpoint_every_steps=null", *args.extra]))

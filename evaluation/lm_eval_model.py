@@ -19,6 +19,7 @@ context); batch_size and device come from lm-eval's --batch_size and --device.
 
 import torch
 from lm_eval.api.model import LM
+from lm_eval import utils as lm_eval_utils
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
@@ -55,14 +56,23 @@ class HrmTextLM(LM):
         # lm-eval passes batch_size "auto" or a number
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16
 
-    @classmethod
-    def create_from_arg_obj(cls, arg_dict, additional_config=None):
+    @staticmethod
+    def _refuse_given_twice(arg_keys, additional_config) -> None:
         # lm-eval's command line always passes --batch_size (default 1) and --device as keywords
         flags = {key for key, value in (additional_config or {}).items() if value is not None}
-        if twice := sorted(flags & set(arg_dict)):
+        if twice := sorted(flags & set(arg_keys)):
             raise ValueError(f"hrm_text: {', '.join(twice)} given in --model_args; pass "
                              f"{' '.join('--' + key for key in twice)} instead")
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict, additional_config=None):
+        cls._refuse_given_twice(arg_dict, additional_config)
         return super().create_from_arg_obj(arg_dict, additional_config)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string, additional_config=None):
+        cls._refuse_given_twice(lm_eval_utils.simple_parse_args_string(arg_string), additional_config)
+        return super().create_from_arg_string(arg_string, additional_config)
 
     # ---- generation
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:

@@ -169,7 +169,8 @@ def evaluate(cfg: DictConfig, benchmarks: dict[str, Benchmark], plans: dict[str,
 
 
 def _peak_gpu_memory() -> str:
-    """', peak GPU memory N GiB' (what the engine's KV cache and activations took), or '' off CUDA."""
+    """', peak GPU memory N GiB' (the most the process has held so far: weights, the engine's KV
+    cache and activations), or '' off CUDA."""
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_initialized():
         return ""

@@ -54,7 +54,7 @@ BACKENDS = ("sdpa", "varlen", "fa3", "flex", "flex_fa4")
 _FLEX_KERNELS = {"flex": None, "flex_fa4": {"BACKEND": "FLASH"}}
 ATTN_TYPES = ("prefixlm", "causal")
 # Fastest first (docs/DESIGN.md, "Decisions"): on prefix-LM batches compiled flex beats the two-pass
-# varlen. flex_fa4 is not listed: it needs its own install and compiles slowly at first use.
+# backends (fa3, varlen). flex_fa4 is not listed: it needs its own install and compiles slowly at first use.
 _AUTO_ORDER = ("flex", "fa3", "varlen", "sdpa")
 
 # torch 2.10 spells causal `is_causal=True`; torch >= 2.11 replaced it with window_size=(-1, 0).

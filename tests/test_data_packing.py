@@ -142,6 +142,23 @@ def test_resume_under_another_packing_plan_trains_every_sample_once(tmp_path, sa
     assert all(len(ds) == new[0].steps_per_epoch(0) + whole_epoch for ds in new)
 
 
+def test_a_replanned_epoch_resumed_again_continues_its_plan(tmp_path):
+    # Saved on 2 ranks, resumed on 1 (the epoch's rest replanned), saved again j steps later and
+    # resumed on 1 again: the second resume yields exactly what the first would have gone on to.
+    root = write_sampled(tmp_path / "d", random_samples(300, seed=7), epochs=2)
+    first = PackedDataset(str(root), global_batch_size=128, epochs=2)
+    first.load_state_dict(saved_position([PackedDataset(str(root), global_batch_size=128, num_replicas=2, epochs=2)], 5))
+    iterator = iter(first)
+    for _ in range(4):
+        next(iterator)
+    state = first.state_dict()
+    tail = as_lists(iterator)
+    assert state["replanned"][0] == 5 and len(tail) > 0
+    again = PackedDataset(str(root), global_batch_size=128, epochs=2)
+    again.load_state_dict(state)
+    assert as_lists(again) == tail
+
+
 def saved_position(datasets, k):
     """Rank 0's position after k steps (what a checkpoint at step k records)."""
     ds = PackedDataset(str(datasets[0].path), global_batch_size=datasets[0].batch_max_length * datasets[0].num_replicas,

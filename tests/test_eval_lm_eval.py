@@ -83,6 +83,9 @@ def test_model_args_that_lm_evals_own_flags_also_pass_are_refused_by_name():
     # would otherwise stop it with a TypeError about duplicate keywords
     with pytest.raises(ValueError, match="batch_size given in --model_args; pass --batch_size instead"):
         HrmTextLM.create_from_arg_obj({"ckpt_path": "RUN", "batch_size": 8}, {"batch_size": 1, "device": None})
+    # simple_evaluate(model_args="...") takes the string path
+    with pytest.raises(ValueError, match="device given in --model_args; pass --device instead"):
+        HrmTextLM.create_from_arg_string("ckpt_path=RUN,device=cpu", {"batch_size": 1, "device": "cpu"})
 
 
 def test_loglikelihood_equals_the_exports_prefix_lm_forward(demo_run, native, tmp_path):
