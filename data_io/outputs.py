@@ -41,7 +41,8 @@ class Manifest:
         for name in names:
             path = self.out / name
             if name not in self.names and (path.exists() or path.is_symlink()):
-                raise DataError(f"{path} exists and was not written by {self.tool} (not in {self.file.name}); "
+                raise DataError(f"{path} exists and was not written by {self.tool} (not in {self.file.name}; "
+                                "output written before manifests existed counts as foreign too); "
                                 "move it away or choose another output folder")
 
     def claim(self, name: str) -> Path:

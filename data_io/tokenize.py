@@ -51,6 +51,8 @@ def tokenize(inputs: list[str], tokenizer, out_dir: str, conditions: list[str] |
     check_apart(out, inputs, "--out")
     sources = find_sources(inputs)
     manifest = Manifest(out, "tokenize")
+    written = ["tokenizer_info.json", *(["tokenizer.json"] if tok.kind == "hf" else [])]
+    manifest.check_free([*written, *(n for _, name in sources for n in (name, name + ".partial"))])  # before writing
     info = tok.info()
     if tok.kind == "hf":  # keep the tokenizer with the data it produced
         copy = manifest.claim("tokenizer.json")

@@ -58,16 +58,22 @@ def storage_failure(err: BaseException, folder: Path | None = None) -> str | Non
     size limit), found behind the exceptions that wrap it, or, for an error that names no cause (a
     tensor's torch.save reports ENOSPC as "unexpected pos"), a nearly full disk under `folder`;
     None for any other error."""
-    if folder is not None and (free := shutil.disk_usage(folder).free) < 2**20:
-        return f"{folder}: the disk is full ({free} bytes free)"
-    pending = [err]
+    pending, unexplained_write = [err], False
     while pending:
         error = pending.pop()
         if isinstance(error, OSError) and error.errno in _STORAGE_ERRORS:
             return f"{error.filename or 'a file'}: {_STORAGE_ERRORS[error.errno]} ({error.strerror})"
+        unexplained_write |= "unexpected pos" in str(error)
         pending += [e for e in (error.__cause__, error.__context__) if e is not None]
         for failure in getattr(error, "failures", {}).values():  # DCP's CheckpointException: rank -> (error, trace)
             pending.append(failure[0] if isinstance(failure, tuple) else failure)
+    if unexplained_write and folder is not None:
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return None
+        if free < 2**20:
+            return f"{folder}: the disk is full ({free} bytes free)"
     return None
 
 
@@ -251,10 +257,15 @@ def save_checkpoint(path: Path, model, optimizer, trainer_state: dict) -> None:
         if rank == 0:
             _write_synced(partial / TRAINER_STATE, json.dumps(trainer_state, indent=1).encode())
             _write_synced(partial / MARKER, b"ok\n")
+            # the old copy of the same name is renamed aside, not deleted, until the new one is in
+            # its place: a kill during a (long) deletion cannot leave neither
+            replaced = path.with_name(f".{path.name}.replaced{PARTIAL}")
             if path.exists():
-                _remove(path)
+                shutil.rmtree(replaced, ignore_errors=True)
+                os.replace(path, replaced)
             os.replace(partial, path)
             _sync_dir(path.parent)
+            _remove(replaced)
     except BaseException as err:  # DCP's CheckpointException is a BaseException
         problem = storage_failure(err, path.parent)
         if problem is None:

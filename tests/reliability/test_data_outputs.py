@@ -77,6 +77,7 @@ def test_tools_refuse_to_overwrite_foreign_entries(tmp_path, corpus):
     with pytest.raises(SystemExit, match=r"out/web__a.jsonl exists and was not written by tokenize"):
         tokenize_cli.main(["--inputs", str(root), "--tokenizer", str(tok), "--out", str(out)])
     assert (out / "web__a.jsonl" / "mine.txt").read_text() == "keep"
+    assert sorted(p.name for p in out.iterdir()) == ["web__a.jsonl"]  # refused before writing anything
 
     tokenize([str(root)], str(tok), str(tmp_path / "tokenized"))
     sampled = tmp_path / "sampled"
