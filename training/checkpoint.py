@@ -188,7 +188,11 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
     found = []
     for path in checkpoint_dir(run_dir).glob("*"):
         if _NAME.match(path.name) and (path / MARKER).exists():
-            found.append((read_trainer_state(path)["step"], path.name, path))
+            try:
+                found.append((read_trainer_state(path)["step"], path.name, path))
+            except CheckpointError:
+                if (path / MARKER).exists():  # else a prune (its marker goes first) took it meanwhile
+                    raise
     return [path for _, _, path in sorted(found)] + reference_run.epoch_checkpoints(run_dir)
 
 
