@@ -41,7 +41,10 @@ def set_cpu_threads(hidden_size: int) -> int:
     HIDDEN_PER_CPU_THREAD of hidden size, at least 1 and at most the cores this process may run on
     (os.sched_getaffinity: a container's or taskset's share, not the machine's)."""
     if os.environ.get("HRM_CPU_THREADS"):
-        threads = int(os.environ["HRM_CPU_THREADS"])
+        value = os.environ["HRM_CPU_THREADS"]
+        if not value.isdigit() or int(value) < 1:
+            raise SystemExit(f"HRM_CPU_THREADS={value!r}: give a positive whole number of CPU threads, or unset it")
+        threads = int(value)
     elif os.environ.get("OMP_NUM_THREADS"):
         threads = torch.get_num_threads()
     else:

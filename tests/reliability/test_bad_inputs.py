@@ -4,6 +4,7 @@
 import json
 import os
 import pickle
+import re
 import runpy
 import shutil
 import sys
@@ -224,3 +225,12 @@ def test_bad_input_exits_with_one_line_naming_it(ctx, case):
 def test_the_table_is_wide():
     tools = {c[0].split(":")[0] for c in CASES}
     assert len(CASES) >= 30 and tools >= {"tokenize", "sample", "pretrain", "evaluation", "export"}
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-1", "1.5"])
+def test_a_bad_cpu_thread_count_is_named(monkeypatch, value):
+    from training.distributed import set_cpu_threads
+
+    monkeypatch.setenv("HRM_CPU_THREADS", value)
+    with pytest.raises(SystemExit, match=f"HRM_CPU_THREADS='{re.escape(value)}': give a positive whole number"):
+        set_cpu_threads(1024)
