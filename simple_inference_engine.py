@@ -33,6 +33,7 @@ from models.config import round_up
 from models.model import LanguageModel
 from training.logger import METRICS_FILE
 from training.checkpoint import CheckpointError
+from training.distributed import set_cpu_threads
 from training.run_dir import RunDirError, load_run
 
 CACHE_GRANULE = 256  # the cache length is rounded up to a multiple of this: fewer distinct compiled shapes
@@ -300,6 +301,8 @@ def main() -> None:
         engine = SimpleEngine.from_checkpoint(args.run, args.ckpt_epoch, use_ema=not args.no_ema)
     except (CheckpointError, RunDirError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
+    if engine.device.type == "cpu":  # the program's choice, not the library's: callers keep their own
+        set_cpu_threads(engine.model.arch.hidden_size)
     if args.command == "generate":
         outs = engine.generate(args.prompt, args.condition, args.max_new_tokens, args.temperature,
                                num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,

@@ -12,7 +12,6 @@ any mismatch or when fewer than `--kills` kills landed before the run's end.
 """
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -25,16 +24,16 @@ from pathlib import Path
 
 import torch
 from common import ROOT, print_header
+from gpu_pretrain_check import read_metrics
 
 from training import checkpoint as ckpt
 
 
 def losses(run: Path) -> dict[int, float]:
-    path = run / "metrics.jsonl"
-    if not path.exists():
+    """The logged loss of each step; none before the run's first log."""
+    if not (run / "metrics.jsonl").exists():
         return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["step"]: r["train/loss"] for r in rows}
+    return {r["step"]: r["train/loss"] for r in read_metrics(run)}
 
 
 def logged_since(run: Path, start: float, step: int) -> bool:
@@ -57,6 +56,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args()
+    last_target = args.steps * 3 // 4  # the last quarter left for kills that land past their target
+    if args.kills < 1 or args.kills >= last_target:
+        parser.error(f"--kills must be at least 1 and --steps must exceed 4/3 of it (got --kills {args.kills} "
+                     f"--steps {args.steps})")
     print_header(torch.device("cpu"))
     rng = random.Random(args.seed)
     out = Path(args.out or tempfile.mkdtemp(prefix="kill_resume_"))
@@ -71,9 +74,6 @@ def main() -> None:
     reference = losses(out / "reference")
     print(f"reference: {len(reference)} steps in {time.time() - started:.0f} s", flush=True)
 
-    last_target = args.steps * 3 // 4  # the last quarter left for kills that land past their target
-    if args.kills >= last_target:
-        raise SystemExit(f"--steps {args.steps} must exceed 4/3 of --kills {args.kills}")
     run = out / "killed"
     kills = 0
     for target in sorted(rng.sample(range(1, last_target), args.kills)):

@@ -15,6 +15,7 @@ and downloaded, so it is read by an unpickler that builds only DCP's own metadat
 torch types they hold), and every tensor and byte item through `torch.load(weights_only=True)`.
 """
 
+import contextlib
 import errno
 import io
 import json
@@ -241,35 +242,56 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _every_rank_agrees():
+    """Runs this rank's own share of a save, then waits for the others as a barrier would; when the
+    share failed on any rank, every rank raises (a failed one its own error, the others a
+    CheckpointError naming it), instead of the others waiting at the next collective until the
+    process group's timeout."""
+    failure = None
+    try:
+        yield
+    except Exception as err:
+        failure = err
+    failures = [None] * dist.get_world_size()
+    dist.all_gather_object(failures, None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    failed = {rank: message for rank, message in enumerate(failures) if message is not None}
+    if failed:
+        raise CheckpointError(f"rank {min(failed)} failed writing its part ({failed[min(failed)]})")
+
+
 def save_checkpoint(path: Path, model, optimizer, trainer_state: dict) -> None:
     """Collective: every rank calls it. trainer_state is rank 0's JSON-able position. An existing
     checkpoint of the same name is replaced only once the new one is whole. A write the storage
-    refuses (disk full, read-only) is a CheckpointError naming the folder and why."""
+    refuses (disk full, read-only) is a CheckpointError naming the folder and why, on every rank."""
     rank = dist.get_rank()
     partial = path.with_name(f".{path.name}{PARTIAL}")
     try:
-        if rank == 0:
-            shutil.rmtree(partial, ignore_errors=True)  # a leftover of a save that was killed
-            partial.mkdir(parents=True)
-        dist.barrier()
+        with _every_rank_agrees():
+            if rank == 0:
+                shutil.rmtree(partial, ignore_errors=True)  # a leftover of a save that was killed
+                partial.mkdir(parents=True)
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(partial))
-        rng = io.BytesIO()
-        torch.save({"torch": torch.get_rng_state()}, rng)
-        _write_synced(partial / f"rng_rank{rank}.pt", rng.getvalue())
-        dist.barrier()
-        if rank == 0:
-            _write_synced(partial / TRAINER_STATE, json.dumps(trainer_state, indent=1).encode())
-            _write_synced(partial / MARKER, b"ok\n")
-            # the old copy of the same name is renamed aside, not deleted, until the new one is in
-            # its place: a kill during a (long) deletion cannot leave neither
-            replaced = path.with_name(f".{path.name}.replaced{PARTIAL}")
-            if path.exists():
-                shutil.rmtree(replaced, ignore_errors=True)
-                os.replace(path, replaced)
-            os.replace(partial, path)
-            _sync_dir(path.parent)
-            _remove(replaced)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(partial))  # fails on every rank
+        with _every_rank_agrees():
+            rng = io.BytesIO()
+            torch.save({"torch": torch.get_rng_state()}, rng)
+            _write_synced(partial / f"rng_rank{rank}.pt", rng.getvalue())
+        with _every_rank_agrees():
+            if rank == 0:
+                _write_synced(partial / TRAINER_STATE, json.dumps(trainer_state, indent=1).encode())
+                _write_synced(partial / MARKER, b"ok\n")
+                # the old copy of the same name is renamed aside, not deleted, until the new one is in
+                # its place: a kill during a (long) deletion cannot leave neither
+                replaced = path.with_name(f".{path.name}.replaced{PARTIAL}")
+                if path.exists():
+                    shutil.rmtree(replaced, ignore_errors=True)
+                    os.replace(path, replaced)
+                os.replace(partial, path)
+                _sync_dir(path.parent)
+                _remove(replaced)
     except BaseException as err:  # DCP's CheckpointException is a BaseException
         problem = storage_failure(err, path.parent)
         if problem is None:
@@ -277,8 +299,7 @@ def save_checkpoint(path: Path, model, optimizer, trainer_state: dict) -> None:
         if rank == 0:
             shutil.rmtree(partial, ignore_errors=True)  # what it holds is of no use, and takes space
         raise CheckpointError(f"saving checkpoint {path}: {problem}; free space or make it writable, "
-                              f"then resume_from the run directory (its complete checkpoints are whole)") from None
-    dist.barrier()
+                              f"then resume_from the run directory (its complete checkpoints are whole)") from err
 
 
 # ----------------------------------------------------------------------------------------------

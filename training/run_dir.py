@@ -26,7 +26,6 @@ from models.config import ArchConfig
 from models.model import LanguageModel, model_vocab_size
 from training import checkpoint as ckpt
 from training import reference_run
-from training.distributed import set_cpu_threads
 from training.logger import METRICS_FILE
 
 CONFIG = "all_config.yaml"
@@ -181,8 +180,6 @@ def load_run(run_dir: str | Path, ckpt_epoch: int | None = None, ckpt_step: int 
         info = json.loads((run_dir / TOKENIZER_DIR / TOKENIZER_INFO).read_text())
         vocab_size = model_vocab_size(info["vocab_size"])
     tokenizer = tokenizer_from_info(info, run_dir)
-    if torch.device(device).type == "cpu":
-        set_cpu_threads(arch.hidden_size)
     model = LanguageModel(arch, vocab_size)
     ckpt.load_model_weights(checkpoint, model, use_ema=use_ema)
     model.to(device).eval()

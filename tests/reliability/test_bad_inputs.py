@@ -91,7 +91,6 @@ def ctx(tmp_path_factory, request):
     (bad / "notes.txt").write_text("not a source")
     (base / "foreign_out").mkdir()
     (base / "foreign_out" / "tokens.npy").write_bytes(b"someone else's")
-    (base / "rules_missing.yaml")
 
     data = write_sampled(base / "data", [(8, 8)] * 40, epochs=1)
     other = write_sampled(base / "other", [(6, 9)] * 40, epochs=1)
@@ -234,3 +233,20 @@ def test_a_bad_cpu_thread_count_is_named(monkeypatch, value):
     monkeypatch.setenv("HRM_CPU_THREADS", value)
     with pytest.raises(SystemExit, match=f"HRM_CPU_THREADS='{re.escape(value)}': give a positive whole number"):
         set_cpu_threads(1024)
+
+
+def test_loading_a_run_leaves_the_callers_thread_count(demo_run, monkeypatch):
+    """Only the programs choose CPU threads; a library caller (lm-eval, a notebook) keeps its own."""
+    import torch
+
+    from training.run_dir import load_run
+
+    monkeypatch.delenv("HRM_CPU_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # not what set_cpu_threads would choose for the demo model on this machine
+    try:
+        load_run(demo_run[1])
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
