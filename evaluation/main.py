@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from evaluation.benchmarks import ALIASES, BENCHMARKS, Benchmark, canonical_name
 from evaluation.engines import Engine, Generation, build_engine, require_known_condition
 from evaluation.search.benchmarks import load_verifier, search_responses
+from training.distributed import set_cpu_threads
 
 DEFAULT_CONFIG = Path(__file__).parent / "config" / "default.yaml"
 BENCHMARK_OPTIONS = {  # per-benchmark keys besides generation_config
@@ -190,15 +191,21 @@ def format_table(results: dict[str, dict]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
 
 
-def main(argv: list[str] | None = None, engine: Engine | None = None) -> dict:
-    """Run the evaluation; `engine` replaces `build_engine(cfg)` (tests, notebooks)."""
+def main(argv: list[str] | None = None, engine: Engine | None = None, set_threads: bool = False) -> dict:
+    """Run the evaluation; `engine` replaces `build_engine(cfg)` (tests, notebooks). `set_threads`:
+    the command line's choice of torch's CPU thread count for a native engine on CPU (library
+    callers keep their own)."""
     argv = sys.argv[1:] if argv is None else argv
     if "--help" in argv or "-h" in argv:
         print(USAGE + DEFAULT_CONFIG.read_text())
         return {}
     cfg, cli = load_config(argv)
     benchmarks, plans = prepare(cfg, cli)
-    engine = engine if engine is not None else build_engine(cfg)
+    if engine is None:
+        engine = build_engine(cfg)
+        native = getattr(engine, "engine", None)  # NativeEngine's SimpleEngine
+        if set_threads and native is not None and native.device.type == "cpu":
+            set_cpu_threads(native.model.arch.hidden_size)
     results = evaluate(cfg, benchmarks, plans, engine)
     report = {
         "ckpt_path": cfg.ckpt_path,
@@ -217,6 +224,6 @@ def main(argv: list[str] | None = None, engine: Engine | None = None) -> dict:
 
 if __name__ == "__main__":
     try:
-        main()
+        main(set_threads=True)
     except (ValueError, FileNotFoundError) as e:  # bad config, data or path: one line, non-zero exit
         sys.exit(f"error: {e}")
