@@ -34,9 +34,13 @@ from models.model import LanguageModel
 from training.logger import METRICS_FILE
 from training.checkpoint import CheckpointError
 from training.distributed import set_cpu_threads
+from training.parallel import compile_units
 from training.run_dir import RunDirError, load_run
 
 CACHE_GRANULE = 256  # the cache length is rounded up to a multiple of this: fewer distinct compiled shapes
+# The packed lengths a compiled prefill runs at (a longer chunk: a multiple of the last): each is
+# one compiled shape, a chunk pads up to the next, at most 4x its tokens.
+PREFILL_BUCKETS = (1024, 4096, 16384)
 # Memory kept free beside the KV cache when batch_size="auto" or when a batch is shrunk to fit:
 # prefill activations and logits of one chunk, the allocator's slack.
 RESERVED_BYTES = 6 << 30
@@ -49,18 +53,22 @@ class GenerationStats:
     stopped_at_eoa: int = 0
     hit_token_limit: int = 0
     prefill_tokens: int = 0
+    prefill_chunks: int = 0
     decode_steps: int = 0
 
 
 class SimpleEngine:
-    """Generation over a LanguageModel. On CUDA the decode step is compiled and replayed as a CUDA
-    graph, and decode attention reads each row's filled cache only (flex); on CPU it runs eagerly.
-    `steps_per_check`: decode steps between two looks of the host at which sequences ended;
-    `prefill_tokens`: prompt tokens per packed prefill chunk (at least one prompt)."""
+    """Generation over a LanguageModel. On CUDA the model's stacks are compiled (in place, the units
+    training compiles: one graph per shape serves every module call), the decode step is replayed
+    as a CUDA graph, decode attention reads each row's filled keys only, and prompts are prefilled
+    through the training's flex prefix-LM attention, packed to one of PREFILL_BUCKETS lengths; on
+    CPU all of it runs eagerly. `steps_per_check`: decode steps between two looks of the host at
+    which sequences ended; `prefill_tokens`: prompt tokens per packed prefill chunk (at least one
+    prompt); `decode_attention`: see inference/decode.py (default: the fastest available)."""
 
     def __init__(self, model: LanguageModel, tokenizer: TextTokenizer, context_len: int, compile: bool | None = None,
                  cuda_graphs: bool | None = None, steps_per_check: int = 8, prefill_tokens: int | None = None,
-                 prefill_backend: str | None = None, flex_decode: bool | None = None):
+                 prefill_backend: str | None = None, decode_attention: str | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.context_len = context_len
@@ -70,17 +78,19 @@ class SimpleEngine:
         on_cuda = self.device.type == "cuda"
         if cuda_graphs and not on_cuda:
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, it is on {self.device}")
-        use_compile = on_cuda if compile is None else compile
-        self._forward = torch.compile(model, dynamic=False) if use_compile else model
+        self.compiled = on_cuda if compile is None else compile
+        if self.compiled:
+            compile_units(model)
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
         available = attn_lib.available_backends(self.device)
-        self.flex_decode = ("flex" in available) if flex_decode is None else flex_decode
-        # varlen and fa3 take any packed length without recompiling (in fp16/bf16); sdpa runs anywhere
-        half = model.lm_head.weight.dtype in (torch.float16, torch.bfloat16)
-        self.prefill_backend = prefill_backend or next(b for b in ("fa3", "varlen", "sdpa")
-                                                       if b in available and (half or b == "sdpa"))
+        dtype = model.lm_head.weight.dtype
+        if decode_attention is None:
+            decode_attention = ("flash" if attn_lib.flash_decode_unavailable(self.device, dtype) is None
+                                else "flex" if "flex" in available else "dense")
+        self.decode_attention = decode_attention
+        self.prefill_backend = prefill_backend or ("flex" if "flex" in available else "sdpa")
         self.steps_per_check = steps_per_check
-        self.prefill_tokens = prefill_tokens or (16384 if on_cuda else 2048)
+        self.prefill_tokens = prefill_tokens or (PREFILL_BUCKETS[-1] if on_cuda else 2048)
 
     @classmethod
     def from_checkpoint(cls, ckpt_path, ckpt_epoch=None, use_ema=True, arch_override=None, device=None,
@@ -148,7 +158,7 @@ class SimpleEngine:
         cache_len = min(context_len, round_up(longest + max_new_tokens, CACHE_GRANULE))
         batch = self._batch_size(batch_size, len(waiting) * num_samples, cache_len)
         decode = DecodeBatch(self.model, batch, cache_len, context_len, max_new_tokens, self.eoa, sampling,
-                             self._forward, self.flex_decode, stop_ids)
+                             self.decode_attention, stop_ids)
         if self.cuda_graphs and max_new_tokens > 1:  # one new token (multiple choice) is the prefill's alone
             decode.capture()
 
@@ -193,8 +203,10 @@ class SimpleEngine:
             waiting[0][1] -= take
             if waiting[0][1] == 0:
                 waiting.popleft()
-        decode.prefill(chunk, chunk_prefixes, rows, sequences, self.prefill_backend)
+        decode.prefill(chunk, chunk_prefixes, rows, sequences, self.prefill_backend,
+                       prefill_bucket(tokens) if self.compiled else None)
         self.stats.prefill_tokens += tokens
+        self.stats.prefill_chunks += 1
 
     def _harvest(self, decode: DecodeBatch, occupant, results, bar, progress_state, stop_ids) -> None:
         """Collect the sequences that ended since the last look and free their slots."""
@@ -248,6 +260,11 @@ class SimpleEngine:
                                     top_k=top_k, top_p=top_p, min_p=min_p, progress=progress)
         texts = [self.tokenizer.decode(ids) for ids in outputs]
         return [texts[i * decoded:(i + 1) * decoded] * (num_samples // decoded) for i in range(len(prompts))]
+
+def prefill_bucket(tokens: int) -> int:
+    """The packed length a compiled prefill of `tokens` runs at."""
+    return next((b for b in PREFILL_BUCKETS if tokens <= b), round_up(tokens, PREFILL_BUCKETS[-1]))
+
 
 def heldout_accuracy(engine: SimpleEngine, rows: list[dict], batch_size: int = 64, max_new_tokens: int = 32) -> float:
     """Exact match of greedy generations against the rows' responses."""

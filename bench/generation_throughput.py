@@ -10,7 +10,7 @@ Random weights (both engines share them) and random prompt tokens; prompt length
 sequence runs to max_new_tokens; tokens/s counts generated tokens. Each timed call is made
 once before (compilation, graph capture, first-call overheads). Sections:
 
-  check      fp32, a small model: the fast path (compiled, CUDA graph, flex decode) and the plain
+  check      fp32, a small model: the fast path (compiled, CUDA graph, flex or flash decode) and the plain
              eager path give identical greedy tokens (on CUDA)
   bandwidth  device-to-device copy, bytes read + written per second: the HBM figure of the roofline
   generate   the main shape, native and transformers, tokens/s and their ratio
@@ -30,6 +30,8 @@ A summary table of the sections run ends the output.
 """
 
 import argparse
+import copy
+import dataclasses
 import datetime
 import json
 import math
@@ -52,7 +54,7 @@ from inference.decode import DecodeBatch  # noqa: E402
 from inference.sampling import Sampling  # noqa: E402
 from models.model import LanguageModel, model_vocab_size  # noqa: E402
 from models.config import round_up  # noqa: E402
-from simple_inference_engine import CACHE_GRANULE, SimpleEngine  # noqa: E402
+from simple_inference_engine import CACHE_GRANULE, SimpleEngine, prefill_bucket  # noqa: E402
 from training.config import compose  # noqa: E402
 
 SPECIAL = {"<|pad|>": 0, "<|boq|>": 1, "<|eoq|>": 2, "<|eoa|>": 3, "<|direct|>": 4}
@@ -142,15 +144,15 @@ def check_fp32(args, device, rng) -> None:
     model = model.to(device).eval()
     context = 256
     prompts = make_prompts(rng, 11, vocab, 40, 200) + [[1] * (context + 5)]
-    fast = SimpleEngine(model, StubTokenizer(), context)
-    plain = SimpleEngine(model, StubTokenizer(), context, compile=False, cuda_graphs=False, flex_decode=False,
-                         prefill_backend="sdpa")
+    plain = SimpleEngine(copy.deepcopy(model), StubTokenizer(), context, compile=False, cuda_graphs=False,
+                         decode_attention="dense", prefill_backend="sdpa")
+    fast = SimpleEngine(model, StubTokenizer(), context)  # compiles the model's stacks in place
     for samples in (1, 3):
         a = fast.generate_ids(prompts, 24, batch_size=4, num_samples=samples, progress=False)
         b = plain.generate_ids(prompts, 24, batch_size=4, num_samples=samples, progress=False)
         same = sum(x == y for x, y in zip(a, b))
-        print(f"check fp32 {args.net} tiny, num_samples={samples}: fast path (compile={fast._forward is not model}, "
-              f"graphs={fast.cuda_graphs}, flex decode={fast.flex_decode}, prefill {fast.prefill_backend}) "
+        print(f"check fp32 {args.net} tiny, num_samples={samples}: fast path (compile={fast.compiled}, "
+              f"graphs={fast.cuda_graphs}, decode attention {fast.decode_attention}, prefill {fast.prefill_backend}) "
               f"== eager path: {same}/{len(a)} identical", flush=True)
 
 
@@ -164,11 +166,11 @@ def decode_step_time(engine, group, cache_len, context, max_new_tokens, sampling
     step (the same shapes as its own batch: no new compilation)."""
     batch = len(group)
     decode = DecodeBatch(engine.model, batch, cache_len, context, max_new_tokens, SPECIAL["<|eoa|>"], sampling,
-                         engine._forward, engine.flex_decode)
+                         engine.decode_attention)
     if engine.cuda_graphs:
         decode.capture()
     decode.prefill(group, [[] for _ in group], [[i] for i in range(batch)], [[i] for i in range(batch)],
-                   engine.prefill_backend)
+                   engine.prefill_backend, prefill_bucket(sum(map(len, group))) if engine.compiled else None)
     decode.run(2)
     start_positions = decode.positions.float().mean().item()
     steps = max_new_tokens - 1
@@ -376,7 +378,7 @@ def main() -> None:
     print(f"{len(prompts)} prompts, length median {int(np.median([len(p) for p in prompts]))}, "
           f"max {max(len(p) for p in prompts)}; batch {args.batch_size}; max_new_tokens {args.max_new_tokens}; "
           f"{args.net} size {args.size}, {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, {dtype}; "
-          f"compile {engine._forward is not model}, CUDA graphs {engine.cuda_graphs}, flex decode {engine.flex_decode}, "
+          f"compiled stacks {engine.compiled}, CUDA graphs {engine.cuda_graphs}, decode attention {engine.decode_attention}, "
           f"prefill attention {engine.prefill_backend}, host check every {engine.steps_per_check} steps", flush=True)
 
     bandwidth = copy_bandwidth(device)
@@ -420,12 +422,13 @@ def main() -> None:
 
     if "prefill" in sections:
         long = make_prompts(rng, args.prefill_prompts, vocab, args.prefill_len, 2 * args.prefill_len, spread=0.1)
-        # one new token: no decode step is compiled or captured, so a short call warms up the rest
-        engine.generate_ids(long[:args.batch_size], 1, batch_size=args.batch_size, progress=False)
+        # the same call first: each prefill length (PREFILL_BUCKETS) compiles at its first use
+        _, warm_s = timed(lambda: engine.generate_ids(long, 1, batch_size=args.batch_size, progress=False), device)
         _, elapsed = timed(lambda: engine.generate_ids(long, 1, batch_size=args.batch_size, progress=False), device)
         tokens = sum(len(p) for p in long)
         print(f"prefill: {len(long)} prompts, {tokens} tokens (median {int(np.median([len(p) for p in long]))}), "
-              f"1 new token, batch {args.batch_size}: {elapsed:.2f} s = {tokens / elapsed:9.0f} prompt tokens/s", flush=True)
+              f"1 new token, batch {args.batch_size}: {elapsed:.2f} s = {tokens / elapsed:9.0f} prompt tokens/s "
+              f"(first call, compiling: {warm_s:.0f} s)", flush=True)
         figure = f"{tokens / elapsed:.0f} prompt tokens/s ({len(long)} prompts, {elapsed:.1f} s)"
         if args.train_step:
             train = train_step_tokens_per_s(args)
@@ -438,7 +441,9 @@ def main() -> None:
         # warm-up: the longest prompt gives the same batch and cache length, hence the same compiled step
         longest = max(group, key=len)
         engine.generate_ids([longest], args.sample_new_tokens, **kw)
+        before = dataclasses.replace(engine.stats)
         outs, elapsed = timed(lambda: engine.generate_ids(group, args.sample_new_tokens, **kw), device)
+        steps, chunks = (getattr(engine.stats, f) - getattr(before, f) for f in ("decode_steps", "prefill_chunks"))
         n = sum(len(o) for o in outs)
         cache_len = min(args.context, round_up(len(longest) + args.sample_new_tokens, CACHE_GRANULE))
         step_time, _ = decode_step_time(engine, (group * args.batch_size)[:args.batch_size], cache_len, args.context,
@@ -447,7 +452,8 @@ def main() -> None:
         print(f"samples: {len(group)} prompts x {args.samples} samples, T=0.8, {args.sample_new_tokens} new tokens, "
               f"batch {args.batch_size}: {n} tokens in {elapsed:.2f} s = {n / elapsed:.0f} tokens/s; decode-only time "
               f"of these tokens {decode_only:.2f} s ({step_time * 1e3:.2f} ms/step) -> wall / decode-only = "
-              f"{elapsed / decode_only:.2f}", flush=True)
+              f"{elapsed / decode_only:.2f} ({steps} decode steps run: {steps * step_time:.2f} s; {chunks} prefill chunks)",
+              flush=True)
         summary.append((f"samples, {len(group)} x {args.samples}, T=0.8",
                         f"{elapsed:.1f} s against {decode_only:.1f} s decode-only: {elapsed / decode_only:.2f}x"))
     print_summary(summary)

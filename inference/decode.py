@@ -5,6 +5,10 @@ state below), and the step does all its bookkeeping (sampling, eoa and token-lim
 recording the token) on the device. So on CUDA it is captured once as a CUDA graph and replayed;
 the host only looks at the `active` flags every few steps to refill finished slots. On CPU the
 same step runs eagerly.
+
+Decode attention (`decode_attention`): "flash" (FlashAttention's varlen kernel with per-row key
+counts, CUDA in half precision), "flex" (a flex BlockMask over the filled key tiles, any CUDA
+dtype) or "dense" (a boolean mask over the whole cache; CPU). All compute `generation_mask`'s rule.
 """
 
 import torch
@@ -21,14 +25,17 @@ class DecodeBatch:
     once the sequence has ended (eoa, a token of `stop_ids`, which is kept, `max_new_tokens`, or
     the context is full) or the slot is free."""
 
+    DECODE_ATTENTION = ("flash", "flex", "dense")
+
     def __init__(self, model: LanguageModel, batch_size: int, cache_len: int, context_len: int,
-                 max_new_tokens: int, eoa: int, sampling: Sampling, forward=None, flex_decode: bool = False,
-                 stop_ids=()):
+                 max_new_tokens: int, eoa: int, sampling: Sampling, decode_attention: str = "dense", stop_ids=()):
+        if decode_attention not in self.DECODE_ATTENTION:
+            raise ValueError(f"decode_attention={decode_attention!r}: choose from {self.DECODE_ATTENTION}")
         device = model.lm_head.weight.device
-        self.model, self.forward = model, model if forward is None else forward
+        self.model = model
         self.batch_size, self.cache_len, self.context_len = batch_size, cache_len, context_len
         self.max_new_tokens, self.eoa, self.sampling = max_new_tokens, eoa, sampling
-        self.flex_decode = flex_decode
+        self.decode_attention = decode_attention
         self.cache = model.new_kv_cache(batch_size, cache_len)
         self.stop_ids = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
 
@@ -48,11 +55,13 @@ class DecodeBatch:
     @torch.no_grad()
     def step(self) -> None:
         positions = self.positions[:, None]
-        if self.flex_decode:
+        if self.decode_attention == "flash":
+            mask = attn_lib.KeyLengths((self.positions + 1).int())
+        elif self.decode_attention == "flex":
             mask = attn_lib.decode_block_mask(self.positions, self.cache_len)
         else:
             mask = attn_lib.generation_mask(positions, self.prompt_lens, self.cache_len)
-        logits = self.forward(self.tokens[:, None], positions, CachedContext(self.cache, positions, mask))[:, -1]
+        logits = self.model(self.tokens[:, None], positions, CachedContext(self.cache, positions, mask))[:, -1]
         chosen = choose_tokens(logits, self.sampling, self.sequences, self.generated)
         self._record(chosen, self.positions + 1, self.active)
 
@@ -97,30 +106,36 @@ class DecodeBatch:
 
     @torch.no_grad()
     def prefill(self, prompts: list[list[int]], prefixes: list[list[int]], rows: list[list[int]],
-                sequences: list[list[int]], attn_backend: str) -> None:
+                sequences: list[list[int]], attn_backend: str, pad_to: int | None = None) -> None:
         """One packed forward over prompts[i] + prefixes[i] (prefix-LM attention, as in training:
         the prompt bidirectional, the response prefix causal, fed as if generated). Prompt i's KV
         is written to cache row rows[i][0] and copied to its other rows; each of its rows then
-        gets its first token, sampled as sequence sequences[i][j]."""
+        gets its first token, sampled as sequence sequences[i][j]. `pad_to`: the packed length
+        (a compiled model sees a few lengths only); the padding tail belongs to no prompt and
+        writes its keys/values at the cache's last position of rows[0][0], which no row reads
+        before writing it itself."""
         device = self.tokens.device
         fed = [p + r for p, r in zip(prompts, prefixes)]
         lengths = [len(f) for f in fed]
         total = sum(lengths)
-        ids = torch.tensor([t for f in fed for t in f], device=device)
-        token_positions = torch.cat([torch.arange(n, device=device) for n in lengths])
-        token_rows = torch.repeat_interleave(torch.tensor([r[0] for r in rows], device=device),
-                                             torch.tensor(lengths, device=device))
+        padded = max(total, pad_to or 0)
+        pad = padded - total
+        ids = torch.tensor([t for f in fed for t in f] + [0] * pad, device=device)
+        token_positions = torch.tensor([i for n in lengths for i in range(n)] + [self.cache_len - 1] * pad,
+                                       device=device)
+        token_rows = torch.tensor([r[0] for r, n in zip(rows, lengths) for _ in range(n)] + [rows[0][0]] * pad,
+                                  device=device)
         cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
         prompt_lens = torch.tensor([len(p) for p in prompts], device=device)
-        layout = attn_lib.build_layout(cu, prompt_lens.int(), total, max(lengths), attn_backend)
+        # a padded length is a compiled shape: every static argument must be the same for it
+        layout = attn_lib.build_layout(cu, prompt_lens.int(), padded, padded if pad_to else max(lengths), attn_backend)
         ctx = PackedContext(layout, self.cache, token_rows, token_positions)
         hidden = self.model.hidden_states(ids[None], token_positions[None], ctx)[0]
         logits = self.model.lm_head(hidden[cu[1:].long() - 1])  # each prompt's last token
 
-        copies = [(r[0], other) for r in rows for other in r[1:]]
-        if copies:
-            source, target = (torch.tensor(x, device=device) for x in zip(*copies))
-            self.cache.copy_rows(source, target)
+        for r in rows:
+            if len(r) > 1:
+                self.cache.copy_rows(r[0], torch.tensor(r[1:], device=device))
         flat_rows = torch.tensor([row for r in rows for row in r], device=device)
         per_prompt = torch.tensor([len(r) for r in rows], device=device)
         seqs = torch.tensor([s for ss in sequences for s in ss], device=device)

@@ -22,8 +22,10 @@ Backends, all computing exactly that:
           at first use): one pass, mask_mod evaluated only on the partial blocks, as with Triton.
           Hopper and Blackwell; checked on an H100 with flash-attn-4 4.0.0b36.
 
-Generation (static KV cache) uses `generation_mask` + `cached_attention`: the prompt is prefilled
-with prefix semantics, then each new token attends causally to everything before it.
+Generation (static KV cache) prefills prompts through `packed_attention` (prefix semantics), then
+each new token attends causally to everything before it through `cached_attention`, under a
+`generation_mask`, a flex `decode_block_mask`, or `KeyLengths` (FlashAttention's varlen kernel
+with per-row key counts: a row reads only the keys it has filled).
 """
 
 import functools
@@ -426,9 +428,45 @@ def decode_block_mask(positions: torch.Tensor, cache_len: int) -> BlockMask:
                                     compute_q_blocks=False)  # forward only
 
 
+@dataclass
+class KeyLengths:
+    """Decoding's mask for one query per row (past its prompt): row b sees cache positions
+    0 .. lengths[b] - 1 (`generation_mask`'s rule there). The kernel reads those keys only."""
+
+    lengths: torch.Tensor  # int32 [B]
+
+
+def _flash_decode(q, k, v, lengths: torch.Tensor) -> torch.Tensor:
+    """FlashAttention's variable-length kernel (the one inside PyTorch) over the cache's own
+    [B, T, H, D] storage, each row b a sequence of T slots of which the first lengths[b] are used."""
+    B, H, _, D = q.shape
+    T = k.shape[2]
+    steps = torch.arange(B + 1, device=q.device, dtype=torch.int32)
+    q_rows = q.transpose(1, 2).reshape(B, H, D)
+    k_rows, v_rows = (x.transpose(1, 2).reshape(B * T, H, D) for x in (k, v))
+    out = torch.ops.aten._flash_attention_forward(q_rows, k_rows, v_rows, steps, steps * T, 1, T, 0.0, False, False,
+                                                  seqused_k=lengths)[0]
+    return out.view(B, 1, H, D).transpose(1, 2)
+
+
+def flash_decode_unavailable(device: torch.device | str, dtype: torch.dtype) -> str | None:
+    """None when `KeyLengths` decoding can run on `device` in `dtype`, else why not."""
+    if torch.device(device).type != "cuda":
+        return "flash decoding needs a CUDA device"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"flash decoding runs in float16 or bfloat16, not {dtype}"
+    arguments = {a.name for a in torch.ops.aten._flash_attention_forward.default._schema.arguments}
+    if "seqused_k" not in arguments:
+        return f"torch {torch.__version__}'s flash attention takes no seqused_k (per-row key counts)"
+    return None
+
+
 def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
     """q [B, H, Tq, D] over a KV cache k, v [B, H, T, D] -> [B, H, Tq, D]. `mask` is a
-    `generation_mask` [B, 1, Tq, T'] over the first T' <= T positions, or a `decode_block_mask`."""
+    `generation_mask` [B, 1, Tq, T'] over the first T' <= T positions, a `decode_block_mask`, or
+    `KeyLengths` (Tq = 1)."""
+    if isinstance(mask, KeyLengths):
+        return _flash_decode(q, k, v, mask.lengths)
     if isinstance(mask, BlockMask):
         return _flex(q, k, v, mask)
     T = mask.shape[-1]

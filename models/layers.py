@@ -4,7 +4,7 @@ an `AttentionContext` that says how tokens see each other (a packed layout for t
 cache for generation) and defers to models/attention.py, the one home of attention semantics.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -62,40 +62,71 @@ class PackedContext:
     position `cache_positions[t]`, so one forward fills the caches of many prompts."""
 
     layout: attn_lib.PackedLayout
-    cache: "StaticKVCache | None" = None
+    cache: "StaticKVCache | CallCache | None" = None
     cache_rows: torch.Tensor | None = None
     cache_positions: torch.Tensor | None = None
+
+    def at_call(self, call: int) -> "PackedContext":
+        return self if self.cache is None else replace(self, cache=self.cache.calls[call])
 
 
 @dataclass
 class CachedContext:
     """Decoding over a static KV cache: the keys/values of row b's queries are written at
     `positions[b]` ([B, Tq]) of cache row b, then the queries attend that row under `mask`: a bool
-    `generation_mask` [B, 1, Tq, T] over the first T cache positions, or a flex BlockMask
-    (`decode_block_mask`) that skips the key tiles a row has not reached."""
+    `generation_mask` [B, 1, Tq, T] over the first T cache positions, a flex BlockMask
+    (`decode_block_mask`) that skips the key tiles a row has not reached, or `KeyLengths` (one
+    query per row, which reads only the keys the row has filled)."""
 
-    cache: "StaticKVCache"
+    cache: "StaticKVCache | CallCache"
     positions: torch.Tensor
-    mask: "torch.Tensor | attn_lib.BlockMask"
+    mask: "torch.Tensor | attn_lib.BlockMask | attn_lib.KeyLengths"
+
+    def at_call(self, call: int) -> "CachedContext":
+        return replace(self, cache=self.cache.calls[call])
 
 
 AttentionContext = PackedContext | CachedContext
 
 
+@dataclass
+class CallCache:
+    """The keys/values of one module call, one [B, T, H, D] tensor per layer. The net hands each
+    call its own (`AttentionContext.at_call`), so a compiled stack takes them as inputs and one
+    graph serves every call of every stack."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+
+    def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k/v [B, Tq, H, D] of every row at `positions` [B, Tq]; return the layer's whole
+        cache as k, v [B, H, T, D]."""
+        k_cache, v_cache = self.k[layer], self.v[layer]
+        rows = torch.arange(k_cache.shape[0], device=k_cache.device)[:, None]
+        k_cache.index_put_((rows, positions), k)
+        v_cache.index_put_((rows, positions), v)
+        return k_cache.transpose(1, 2), v_cache.transpose(1, 2)
+
+    def write(self, layer: int, rows: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write packed tokens' k/v [L, H, D] at (rows[t], positions[t])."""
+        self.k[layer].index_put_((rows, positions), k)
+        self.v[layer].index_put_((rows, positions), v)
+
+
 class StaticKVCache:
     """Pre-allocated keys/values for every (module call, layer) of the recurrence: each call of a
-    recurrent stack sees different inputs, so each needs its own slot. One [B, T, H, D] tensor per
-    slot: writing into slices of a single big tensor made a compiled decode step copy all of it."""
+    recurrent stack sees different inputs, so each needs its own. One [B, T, H, D] tensor per call
+    and layer: writing into slices of a single big tensor made a compiled decode step copy all of it."""
 
     def __init__(self, num_calls: int, layers_per_call: int, batch_size: int, max_len: int,
                  num_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str):
         shape = (batch_size, max_len, num_heads, head_dim)
-        self.layers_per_call = layers_per_call
         self.max_len = max_len
-        slots = num_calls * layers_per_call
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(slots)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(slots)]
-        self._all_rows = torch.arange(batch_size, device=device)[:, None]
+
+        def tensors():
+            return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers_per_call)]
+
+        self.calls = [CallCache(tensors(), tensors()) for _ in range(num_calls)]
 
     @staticmethod
     def bytes_per_row(num_calls: int, layers_per_call: int, max_len: int, num_heads: int, head_dim: int,
@@ -103,30 +134,12 @@ class StaticKVCache:
         """Memory of one cache row (one sequence), for sizing a batch to the free memory."""
         return 2 * num_calls * layers_per_call * max_len * num_heads * head_dim * dtype.itemsize
 
-    def _slot(self, call: int, layer: int):
-        i = call * self.layers_per_call + layer
-        return self.k[i], self.v[i]
-
-    def update(self, call: int, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Write k/v [B, Tq, H, D] of every row at `positions` [B, Tq]; return the whole cache of
-        this slot as k, v [B, H, T, D]."""
-        k_cache, v_cache = self._slot(call, layer)
-        k_cache.index_put_((self._all_rows, positions), k)
-        v_cache.index_put_((self._all_rows, positions), v)
-        return k_cache.transpose(1, 2), v_cache.transpose(1, 2)
-
-    def write(self, call: int, layer: int, rows: torch.Tensor, positions: torch.Tensor,
-              k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write packed tokens' k/v [L, H, D] at (rows[t], positions[t])."""
-        k_cache, v_cache = self._slot(call, layer)
-        k_cache.index_put_((rows, positions), k)
-        v_cache.index_put_((rows, positions), v)
-
-    def copy_rows(self, source: torch.Tensor, target: torch.Tensor) -> None:
-        """Row target[i] becomes a copy of row source[i] in every slot (a prompt's KV shared by its
-        samples)."""
-        for cache in (*self.k, *self.v):
-            cache.index_copy_(0, target, cache.index_select(0, source))
+    def copy_rows(self, source: int, targets: torch.Tensor) -> None:
+        """Rows `targets` become copies of row `source` in every tensor (a prompt's KV shared by its
+        samples): one copy of the source row, broadcast."""
+        for call in self.calls:
+            for cache in (*call.k, *call.v):
+                cache.index_copy_(0, targets, cache[source].clone().expand(len(targets), *cache.shape[1:]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,17 +157,17 @@ class Attention(nn.Module):
         self.gqkv_proj = nn.Linear(cfg.hidden_size, 4 * inner, bias=False)
         self.o_proj = nn.Linear(inner, cfg.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, ctx: AttentionContext, call: int):
+    def forward(self, x, cos, sin, ctx: AttentionContext):
         B, T, _ = x.shape
         gate, q, k, v = self.gqkv_proj(x).view(B, T, 4, self.num_heads, self.head_dim).unbind(2)
         if cos is not None:  # pos_emb_type rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if isinstance(ctx, PackedContext):
             if ctx.cache is not None:
-                ctx.cache.write(call, self.layer_index, ctx.cache_rows, ctx.cache_positions, k[0], v[0])
+                ctx.cache.write(self.layer_index, ctx.cache_rows, ctx.cache_positions, k[0], v[0])
             out = attn_lib.packed_attention(q[0], k[0], v[0], ctx.layout)[None]
         else:
-            k_all, v_all = ctx.cache.update(call, self.layer_index, ctx.positions, k, v)
+            k_all, v_all = ctx.cache.update(self.layer_index, ctx.positions, k, v)
             out = attn_lib.cached_attention(q.transpose(1, 2), k_all, v_all, ctx.mask).transpose(1, 2)
         return self.o_proj((torch.sigmoid(gate) * out).reshape(B, T, -1))
 
@@ -177,11 +190,11 @@ class Block(nn.Module):
         self.attn = Attention(cfg, layer_index)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x, cos, sin, ctx: AttentionContext, call: int):
+    def forward(self, x, cos, sin, ctx: AttentionContext):
         if self.post_norm:
-            x = rms_norm(x + self.attn(x, cos, sin, ctx, call), self.eps)
+            x = rms_norm(x + self.attn(x, cos, sin, ctx), self.eps)
             return rms_norm(x + self.mlp(x), self.eps)
-        x = x + self.attn(rms_norm(x, self.eps), cos, sin, ctx, call)
+        x = x + self.attn(rms_norm(x, self.eps), cos, sin, ctx)
         return x + self.mlp(rms_norm(x, self.eps))
 
 
@@ -194,12 +207,13 @@ class Stack(nn.Module):
         self.cfg = cfg
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
 
-    def forward(self, x, rope: tuple[torch.Tensor, torch.Tensor] | None, ctx: AttentionContext, call: int):
+    def forward(self, x, rope: tuple[torch.Tensor, torch.Tensor] | None, ctx: AttentionContext):
         """rope: the (cos, sin) tables of rope_cos_sin for this stack's head_dim and theta; None
-        with pos_emb_type none (no position information but the causal mask's)."""
+        with pos_emb_type none (no position information but the causal mask's). ctx: this call's
+        (`AttentionContext.at_call`)."""
         cos, sin = rope if rope is not None else (None, None)
         for layer in self.layers:
-            x = layer(x, cos, sin, ctx, call)
+            x = layer(x, cos, sin, ctx)
         return rms_norm(x, self.cfg.norm_eps) if self.cfg.norm_type == "pre" else x
 
     def init_weights(self) -> None:

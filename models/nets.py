@@ -111,7 +111,7 @@ class Net(nn.Module):
     def run_call(self, role, x, rope, ctx, call, grad):
         name = self.stack_name(role)
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            return self.stacks[name](x, rope[name], ctx, call)
+            return self.stacks[name](x, rope[name], ctx.at_call(call))
 
     def forward(self, x, rope, ctx: AttentionContext, bp_steps: int) -> torch.Tensor:
         """x: the embedded input; rope: `rope_tables(position_ids)`."""

@@ -295,3 +295,26 @@ def test_cuda_backend_matches_fp32_sdpa(backend, attn_type):
     for got, want in zip((out, *grads), (ref_out, *ref_grads)):
         assert torch.isfinite(got).all()
         assert ((got.float() - want).norm() / want.norm()) < 1e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["flash", "flex"])
+def test_cuda_decode_attention_matches_fp32_dense_mask(kind):
+    """One query per row over a bf16 cache whose rows are filled to different lengths (1 key, a
+    tile edge, the whole cache): KeyLengths (flash) and decode_block_mask (flex) against
+    generation_mask + float32 sdpa; garbage past each row's fill must not leak in."""
+    if kind == "flash" and A.flash_decode_unavailable("cuda", torch.bfloat16):
+        pytest.skip(A.flash_decode_unavailable("cuda", torch.bfloat16))
+    cuda = torch.device("cuda")
+    B, H, T, D = 6, 4, 640, 128
+    positions = torch.tensor([0, 127, 128, 300, 600, T - 1], device=cuda)  # each row's query position
+    q = torch.randn(B, H, 1, D, device=cuda)
+    k, v = (torch.randn(B, T, H, D, device=cuda) for _ in range(2))  # the cache's own layout
+    for b, p in enumerate(positions.tolist()):  # unfilled slots hold huge values: any leak shows
+        k[b, p + 1:], v[b, p + 1:] = 1e4, 1e4
+    kt, vt = k.transpose(1, 2), v.transpose(1, 2)
+    want = A.cached_attention(q, kt, vt, A.generation_mask(positions[:, None], torch.zeros(B, device=cuda), T))
+    mask = A.KeyLengths((positions + 1).int()) if kind == "flash" else A.decode_block_mask(positions, T)
+    got = A.cached_attention(q.bfloat16(), kt.bfloat16(), vt.bfloat16(), mask)
+    assert got.shape == want.shape
+    assert ((got.float() - want).norm() / want.norm()) < 1e-2

@@ -78,7 +78,7 @@ def test_generation_stops_when_the_context_is_full(engine):
 
 def test_flex_decode_mask_equals_the_dense_mask(engine):
     prompts = [engine.encode_prompt(p, "direct") for p in PROBLEMS[:3]]
-    flex = SimpleEngine(engine.model, engine.tokenizer, engine.context_len, compile=False, flex_decode=True)
+    flex = SimpleEngine(engine.model, engine.tokenizer, engine.context_len, compile=False, decode_attention="flex")
     assert flex.generate_ids(prompts, 4, batch_size=2, progress=False) == \
         engine.generate_ids(prompts, 4, batch_size=2, progress=False)
 
@@ -142,4 +142,4 @@ def test_from_checkpoint_loads_in_the_asked_precision(demo_run):
     assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
     # the bf16 weights are the fp32 checkpoint's, rounded
     assert torch.equal(half.model.lm_head.weight, default.model.lm_head.weight.to(torch.bfloat16))
-    assert half.model.new_kv_cache(1, 8).k[0].dtype == torch.bfloat16
+    assert half.model.new_kv_cache(1, 8).calls[0].k[0].dtype == torch.bfloat16

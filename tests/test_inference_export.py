@@ -2,6 +2,7 @@
 transformers' own HrmTextForCausalLM and matches the native model; batched generation with slot
 refill equals one-at-a-time generation; evaluation.main runs every benchmark on the run."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -136,19 +137,22 @@ def test_batched_generation_with_refill_equals_one_at_a_time(engine):
     assert all(len(g) <= 6 for g in alone)
 
 
-def test_compiled_decode_compiles_once_for_batches_of_similar_size(engine):
-    """The compiled decode step is specialised to its batch size: 3 and then 4 prompts (a
-    benchmark's last, partial batch after a full one) must share one graph, and match eager."""
+def test_compiled_generation_compiles_one_graph_per_shape_for_every_module_call(engine):
+    """The engine compiles the model's stacks, each call handed its own KV cache: one graph for the
+    decode step (batch 4) and one for the packed prefill's length serve every call of both stacks.
+    A partial batch after a full one (3 prompts, then 4) reuses them, and the tokens match eager."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    compiled = SimpleEngine(engine.model, engine.tokenizer, engine.context_len, compile=True)
+    model = copy.deepcopy(engine.model)
+    assert model.net.num_calls > 2 and len(model.net.stacks) == 2  # several calls of two stacks
+    compiled = SimpleEngine(model, engine.tokenizer, engine.context_len, compile=True)
     prompts = [engine.encode_prompt(r, "direct") for r in ("add 1 2", "sort 321", "reverse 12345", "add 5 70")]
     for batch in (prompts[:4], prompts[:3]):
         assert compiled.generate_ids(batch, max_new_tokens=3, batch_size=4) == \
             engine.generate_ids(batch, max_new_tokens=3, batch_size=4)
-    assert counters["stats"]["unique_graphs"] == 1
+    assert counters["stats"]["unique_graphs"] == 2
 
 
 def test_generation_stops_at_eoa_token_limit_and_skips_overlong_prompts(engine):

@@ -100,9 +100,10 @@ def compile_units(model: LanguageModel, fullgraph: bool = False, activation_memo
                   unit: str = "stack") -> LanguageModel:
     """torch.compile every unit in place (the module FSDP2 wraps, so its hooks stay outside the
     graph). Shapes are static (fixed packed batches), so `dynamic=False`. One graph per grad mode
-    serves every unit of the same depth and every module call of the recurrence: the `call` index
-    is unused on packed batches, and parameters are graph inputs, so no recompiles across stacks
-    (unless H_override gives the H stack another depth) or bp_steps.
+    serves every unit of the same depth and every module call of the recurrence: parameters and a
+    call's KV cache (generation, `AttentionContext.at_call`) are graph inputs, so no recompiles
+    across stacks (unless H_override gives the H stack another depth) or bp_steps. Generation
+    (simple_inference_engine.py) compiles the same units.
 
     activation_memory_budget < 1 is selective activation checkpointing done by the compiler: the
     backward graph recomputes the cheapest forward results (by FLOPs) until what a unit saves
