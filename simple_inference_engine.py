@@ -84,9 +84,9 @@ class SimpleEngine:
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
         available = attn_lib.available_backends(self.device)
         dtype = model.lm_head.weight.dtype
-        if decode_attention is None:
-            decode_attention = ("flash" if attn_lib.flash_decode_unavailable(self.device, dtype) is None
-                                else "flex" if "flex" in available else "dense")
+        if decode_attention is None:  # fastest first (bench/README.md, generation_throughput.py)
+            decode_attention = ("flex" if "flex" in available else
+                                "flash" if attn_lib.flash_decode_unavailable(self.device, dtype) is None else "dense")
         self.decode_attention = decode_attention
         self.prefill_backend = prefill_backend or ("flex" if "flex" in available else "sdpa")
         self.steps_per_check = steps_per_check
