@@ -139,8 +139,10 @@ def test_batched_generation_with_refill_equals_one_at_a_time(engine):
 
 def test_compiled_generation_compiles_one_graph_per_shape_for_every_module_call(engine):
     """The engine compiles the model's stacks, each call handed its own KV cache: one graph for the
-    decode step (batch 4) and one for the packed prefill's length serve every call of both stacks.
-    A partial batch after a full one (3 prompts, then 4) reuses them, and the tokens match eager."""
+    decode step (batch 4) and one for the packed prefill's padded length serve every call of both
+    stacks. Greedy tokens match the eager path through slot refill, eoa, the token limit, an
+    over-long prompt and num_samples > 1 (the prompt's KV copied); a partial batch after a full
+    one reuses the graphs."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
@@ -149,10 +151,15 @@ def test_compiled_generation_compiles_one_graph_per_shape_for_every_module_call(
     assert model.net.num_calls > 2 and len(model.net.stacks) == 2  # several calls of two stacks
     compiled = SimpleEngine(model, engine.tokenizer, engine.context_len, compile=True)
     prompts = [engine.encode_prompt(r, "direct") for r in ("add 1 2", "sort 321", "reverse 12345", "add 5 70")]
-    for batch in (prompts[:4], prompts[:3]):
-        assert compiled.generate_ids(batch, max_new_tokens=3, batch_size=4) == \
-            engine.generate_ids(batch, max_new_tokens=3, batch_size=4)
+    overlong = [5] * (engine.context_len + 1)
+    runs = [(prompts + [overlong], 4, 2), (prompts[:3], 3, 1)]  # 9 sequences through 4 slots, then 3
+    for batch, max_new_tokens, num_samples in runs:
+        got = compiled.generate_ids(batch, max_new_tokens, batch_size=4, num_samples=num_samples)
+        assert got == engine.generate_ids(batch, max_new_tokens, batch_size=4, num_samples=num_samples)
     assert counters["stats"]["unique_graphs"] == 2
+    # the runs above ended sequences both ways
+    assert compiled.stats.stopped_at_eoa > 0 and compiled.stats.hit_token_limit > 0
+    assert compiled.stats.overlong_prompts == 1
 
 
 def test_generation_stops_at_eoa_token_limit_and_skips_overlong_prompts(engine):
