@@ -14,6 +14,7 @@ context. A prompt that does not fit the context yields an empty generation and i
 """
 
 import argparse
+import itertools
 import json
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from inference.decode import DecodeBatch
 from inference.sampling import Sampling
 from models import attention as attn_lib
 from models.config import round_up
+from models.layers import PackedContext
 from models.model import LanguageModel
 from training.logger import METRICS_FILE
 from training.checkpoint import CheckpointError
@@ -37,10 +39,14 @@ from training.distributed import set_cpu_threads
 from training.parallel import compile_units
 from training.run_dir import RunDirError, load_run
 
-CACHE_GRANULE = 256  # the cache length is rounded up to a multiple of this: fewer distinct compiled shapes
-# The packed lengths a compiled prefill runs at (a longer chunk: a multiple of the last): each is
-# one compiled shape, a chunk pads up to the next, at most 4x its tokens.
+MIN_CACHE_LEN = 256  # KV cache lengths are powers of two from here: few distinct compiled shapes
+# The packed lengths a padded prefill runs at (a longer chunk: a multiple of the last): each is one
+# compiled shape; a chunk pads up to the next (a short refill to 1024, a long chunk at most 4x).
 PREFILL_BUCKETS = (1024, 4096, 16384)
+# Compiled graphs of the shared Stack code: one per (batch size, cache length) for decoding and per
+# (prefill length, batch size, cache length) for prefilling, over a session of many benchmarks.
+# Beyond dynamo's default limit (8) later shapes would run eagerly, silently.
+RECOMPILE_LIMIT = 64
 # Memory kept free beside the KV cache when batch_size="auto" or when a batch is shrunk to fit:
 # prefill activations and logits of one chunk, the allocator's slack.
 RESERVED_BYTES = 6 << 30
@@ -80,15 +86,23 @@ class SimpleEngine:
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, it is on {self.device}")
         self.compiled = on_cuda if compile is None else compile
         if self.compiled:
-            compile_units(model)
+            compile_units(model, activation_memory_budget=None)
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
         available = attn_lib.available_backends(self.device)
         dtype = model.lm_head.weight.dtype
+        flash_unavailable = attn_lib.flash_decode_unavailable(self.device, dtype)
         if decode_attention is None:  # fastest first (bench/README.md, generation_throughput.py)
-            decode_attention = ("flex" if "flex" in available else
-                                "flash" if attn_lib.flash_decode_unavailable(self.device, dtype) is None else "dense")
+            decode_attention = "flex" if "flex" in available else "flash" if flash_unavailable is None else "dense"
+        if decode_attention == "flash" and flash_unavailable:
+            raise ValueError(f"decode_attention='flash' is unavailable: {flash_unavailable}; use 'flex' or 'dense'")
         self.decode_attention = decode_attention
-        self.prefill_backend = prefill_backend or ("flex" if "flex" in available else "sdpa")
+        # fastest first (docs/DESIGN.md, "Decisions"); the two-pass kernels run in half precision only
+        half = dtype in (torch.float16, torch.bfloat16)
+        self.prefill_backend = prefill_backend or next(b for b in ("flex", "fa3", "varlen", "sdpa")
+                                                       if b in available and (half or b in ("flex", "sdpa")))
+        # compiled stacks, and flex (compiled on its own), take a packed length as a static shape
+        self.pad_prefill = self.compiled or self.prefill_backend.startswith("flex")
         self.steps_per_check = steps_per_check
         self.prefill_tokens = prefill_tokens or (PREFILL_BUCKETS[-1] if on_cuda else 2048)
 
@@ -116,6 +130,27 @@ class SimpleEngine:
         if unknown:
             raise ValueError(f"unknown condition {unknown}; this tokenizer knows {self.known_conditions()}")
         return self.tokenizer.instruction_ids(self.tokenizer.encode_batch([text])[0], names)
+
+    # -- scoring --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def packed_logits(self, sequences: list[list[int]], prefix_lens: list[int]) -> torch.Tensor:
+        """Logits [total tokens, V] of one packed forward over `sequences`, sequence i's first
+        prefix_lens[i] tokens attending bidirectionally and the rest causally (as in training),
+        padded like a prefill to a compiled shape (a fixed length and a power-of-two slot count)."""
+        lengths = [len(s) for s in sequences]
+        total = sum(lengths)
+        padded, slots = total, len(sequences)
+        if self.pad_prefill:
+            padded, slots = prefill_bucket(total), 1 << (len(sequences) - 1).bit_length()
+        cu = torch.tensor([0, *itertools.accumulate(lengths)] + [total] * (slots - len(sequences)), dtype=torch.int32,
+                          device=self.device)
+        prefix = torch.tensor(prefix_lens + [0] * (slots - len(sequences)), dtype=torch.int32, device=self.device)
+        layout = attn_lib.build_layout(cu, prefix, padded, padded if self.pad_prefill else max(lengths),
+                                       self.prefill_backend)
+        ids = torch.tensor([t for s in sequences for t in s] + [0] * (padded - total), device=self.device)
+        positions = torch.tensor([i for n in lengths for i in range(n)] + [0] * (padded - total), device=self.device)
+        return self.model(ids[None], positions[None], PackedContext(layout))[0, :total]
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -155,7 +190,7 @@ class SimpleEngine:
         if not waiting:
             return results
         longest = max(len(prompts[i]) + len(prefixes[i]) for i, _ in waiting)
-        cache_len = min(context_len, round_up(longest + max_new_tokens, CACHE_GRANULE))
+        cache_len = cache_length(longest + max_new_tokens, context_len)
         batch = self._batch_size(batch_size, len(waiting) * num_samples, cache_len)
         decode = DecodeBatch(self.model, batch, cache_len, context_len, max_new_tokens, self.eoa, sampling,
                              self.decode_attention, stop_ids)
@@ -204,7 +239,7 @@ class SimpleEngine:
             if waiting[0][1] == 0:
                 waiting.popleft()
         decode.prefill(chunk, chunk_prefixes, rows, sequences, self.prefill_backend,
-                       prefill_bucket(tokens) if self.compiled else None)
+                       prefill_bucket(tokens) if self.pad_prefill else None)
         self.stats.prefill_tokens += tokens
         self.stats.prefill_chunks += 1
 
@@ -261,8 +296,13 @@ class SimpleEngine:
         texts = [self.tokenizer.decode(ids) for ids in outputs]
         return [texts[i * decoded:(i + 1) * decoded] * (num_samples // decoded) for i in range(len(prompts))]
 
+def cache_length(tokens: int, context_len: int) -> int:
+    """The KV cache length for sequences of up to `tokens` tokens."""
+    return min(context_len, max(MIN_CACHE_LEN, 1 << (tokens - 1).bit_length()))
+
+
 def prefill_bucket(tokens: int) -> int:
-    """The packed length a compiled prefill of `tokens` runs at."""
+    """The packed length a padded prefill of `tokens` runs at."""
     return next((b for b in PREFILL_BUCKETS if tokens <= b), round_up(tokens, PREFILL_BUCKETS[-1]))
 
 

@@ -53,8 +53,7 @@ from conversion.convert_to_hf import hf_config, hf_state_dict  # noqa: E402
 from inference.decode import DecodeBatch  # noqa: E402
 from inference.sampling import Sampling  # noqa: E402
 from models.model import LanguageModel, model_vocab_size  # noqa: E402
-from models.config import round_up  # noqa: E402
-from simple_inference_engine import CACHE_GRANULE, SimpleEngine, prefill_bucket  # noqa: E402
+from simple_inference_engine import SimpleEngine, cache_length, prefill_bucket  # noqa: E402
 from training.config import compose  # noqa: E402
 
 SPECIAL = {"<|pad|>": 0, "<|boq|>": 1, "<|eoq|>": 2, "<|eoa|>": 3, "<|direct|>": 4}
@@ -170,7 +169,7 @@ def decode_step_time(engine, group, cache_len, context, max_new_tokens, sampling
     if engine.cuda_graphs:
         decode.capture()
     decode.prefill(group, [[] for _ in group], [[i] for i in range(batch)], [[i] for i in range(batch)],
-                   engine.prefill_backend, prefill_bucket(sum(map(len, group))) if engine.compiled else None)
+                   engine.prefill_backend, prefill_bucket(sum(map(len, group))) if engine.pad_prefill else None)
     decode.run(2)
     start_positions = decode.positions.float().mean().item()
     steps = max_new_tokens - 1
@@ -189,7 +188,7 @@ def roofline(args, engine, model, prompts, bandwidth, device) -> tuple[float, di
     for batch in (args.batch_size, 1):
         steps = args.max_new_tokens - 1
         # the cache length the engine gives the generate run, so the compiled step is reused
-        cache_len = min(args.context, round_up(max(len(p) for p in prompts) + args.max_new_tokens, CACHE_GRANULE))
+        cache_len = cache_length(max(len(p) for p in prompts) + args.max_new_tokens, args.context)
         per_step, start_positions = decode_step_time(engine, prompts[:batch], cache_len, args.context,
                                                      args.max_new_tokens, Sampling(), device)
         step_times[batch] = per_step
@@ -445,7 +444,7 @@ def main() -> None:
         outs, elapsed = timed(lambda: engine.generate_ids(group, args.sample_new_tokens, **kw), device)
         steps, chunks = (getattr(engine.stats, f) - getattr(before, f) for f in ("decode_steps", "prefill_chunks"))
         n = sum(len(o) for o in outs)
-        cache_len = min(args.context, round_up(len(longest) + args.sample_new_tokens, CACHE_GRANULE))
+        cache_len = cache_length(len(longest) + args.sample_new_tokens, args.context)
         step_time, _ = decode_step_time(engine, (group * args.batch_size)[:args.batch_size], cache_len, args.context,
                                         args.sample_new_tokens, Sampling(temperature=0.8), device)
         decode_only = n / args.batch_size * step_time

@@ -17,6 +17,8 @@ use_ema, condition (default direct; "synth+cot" for several), max_context (defau
 context); batch_size and device come from lm-eval's --batch_size and --device.
 """
 
+import itertools
+
 import torch
 from lm_eval.api.model import LM
 from lm_eval import utils as lm_eval_utils
@@ -24,8 +26,6 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from evaluation.engines import NativeEngine, TransformersEngine
-from models import attention as attn_lib
-from models.layers import PackedContext
 
 
 @register_model("hrm_text")
@@ -138,18 +138,11 @@ class HrmTextLM(LM):
                 logits = self.engine.model(input_ids=ids, token_type_ids=token_type_ids).logits[0]
                 results.append(self._continuation_scores(logits.float().log_softmax(-1), len(prompt), response))
             return results
-        model, device = self.native.model, self.native.device
         sequences = [prompt + response for prompt, response in pairs]
-        lengths = torch.tensor([len(s) for s in sequences])
-        cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
-        prefix_lens = torch.tensor([len(p) for p, _ in pairs], dtype=torch.int32, device=device)
-        layout = attn_lib.build_layout(cu_seqlens.to(device), prefix_lens, total_len=int(cu_seqlens[-1]),
-                                       max_seqlen=int(lengths.max()), backend=attn_lib.resolve_backend("auto", device))
-        ids = torch.tensor([t for s in sequences for t in s], device=device)[None]
-        positions = torch.cat([torch.arange(n) for n in lengths.tolist()]).to(device)[None]
-        logprobs = model(ids, positions, PackedContext(layout))[0].float().log_softmax(-1)
+        logprobs = self.native.packed_logits(sequences, [len(p) for p, _ in pairs]).float().log_softmax(-1)
+        starts = itertools.accumulate((len(s) for s in sequences), initial=0)
         return [self._continuation_scores(logprobs[start:start + len(p) + len(r)], len(p), r)
-                for (p, r), start in zip(pairs, cu_seqlens[:-1].tolist())]
+                for (p, r), start in zip(pairs, starts)]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         raise NotImplementedError("hrm_text is an instruction-framed prefix LM: it scores a continuation given a "

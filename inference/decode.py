@@ -12,6 +12,7 @@ dtype) or "dense" (a boolean mask over the whole cache; CPU). All compute `gener
 """
 
 import torch
+import torch.nn.functional as F
 
 from inference.sampling import Sampling, choose_tokens
 from models import attention as attn_lib
@@ -111,9 +112,9 @@ class DecodeBatch:
         the prompt bidirectional, the response prefix causal, fed as if generated). Prompt i's KV
         is written to cache row rows[i][0] and copied to its other rows; each of its rows then
         gets its first token, sampled as sequence sequences[i][j]. `pad_to`: the packed length
-        (a compiled model sees a few lengths only); the padding tail belongs to no prompt and
+        (compiled code sees a few lengths only); the padding tail belongs to no prompt and
         writes its keys/values at the cache's last position of rows[0][0], which no row reads
-        before writing it itself."""
+        before writing it itself (a prompt with its prefix is shorter than the cache)."""
         device = self.tokens.device
         fed = [p + r for p, r in zip(prompts, prefixes)]
         lengths = [len(f) for f in fed]
@@ -125,13 +126,17 @@ class DecodeBatch:
                                        device=device)
         token_rows = torch.tensor([r[0] for r, n in zip(rows, lengths) for _ in range(n)] + [rows[0][0]] * pad,
                                   device=device)
-        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+        # Padded, a chunk is a fixed shape: also as many sample slots as the batch has rows (the
+        # empty ones at the end, as training pads its slots) and a fixed length bound.
+        slots = self.batch_size if pad_to else len(prompts)
         prompt_lens = torch.tensor([len(p) for p in prompts], device=device)
-        # a padded length is a compiled shape: every static argument must be the same for it
-        layout = attn_lib.build_layout(cu, prompt_lens.int(), padded, padded if pad_to else max(lengths), attn_backend)
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()] + [total] * (slots - len(prompts)),
+                          dtype=torch.int32, device=device)
+        prefix_lens = F.pad(prompt_lens, (0, slots - len(prompts))).int()
+        layout = attn_lib.build_layout(cu, prefix_lens, padded, padded if pad_to else max(lengths), attn_backend)
         ctx = PackedContext(layout, self.cache, token_rows, token_positions)
         hidden = self.model.hidden_states(ids[None], token_positions[None], ctx)[0]
-        logits = self.model.lm_head(hidden[cu[1:].long() - 1])  # each prompt's last token
+        logits = self.model.lm_head(hidden[cu[1:len(prompts) + 1].long() - 1])  # each prompt's last token
 
         for r in rows:
             if len(r) > 1:

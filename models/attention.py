@@ -455,6 +455,8 @@ def flash_decode_unavailable(device: torch.device | str, dtype: torch.dtype) -> 
         return "flash decoding needs a CUDA device"
     if dtype not in (torch.float16, torch.bfloat16):
         return f"flash decoding runs in float16 or bfloat16, not {dtype}"
+    if torch.cuda.get_device_capability(device)[0] < 8:
+        return f"flash decoding needs an Ampere or newer GPU (sm80+), found {torch.cuda.get_device_name(device)}"
     arguments = {a.name for a in torch.ops.aten._flash_attention_forward.default._schema.arguments}
     if "seqused_k" not in arguments:
         return f"torch {torch.__version__}'s flash attention takes no seqused_k (per-row key counts)"

@@ -10,7 +10,7 @@ import torch
 from inference.sampling import Sampling, choose_tokens, filtered_logits
 from models import attention as attn_lib
 from models.layers import PackedContext
-from simple_inference_engine import SimpleEngine
+from simple_inference_engine import SimpleEngine, cache_length, prefill_bucket
 from training.run_dir import load_run
 
 
@@ -132,6 +132,20 @@ def test_batch_size_auto_and_bad_values(engine):
     with pytest.raises(ValueError, match="batch_size"):
         engine._batch_size(0, 5, 256)
     assert math.isfinite(engine.model.kv_cache_bytes_per_row(256))
+
+
+def test_cache_and_prefill_lengths_are_few_shapes():
+    # the cache: the next power of two of the work, at least 256, at most the context
+    assert [cache_length(n, 4096) for n in (1, 256, 257, 700, 1025, 4096, 9000)] == [256, 256, 512, 1024, 2048,
+                                                                                       4096, 4096]
+    assert cache_length(1500, 2000) == 2000
+    # a prefill chunk: the next of 1024, 4096, 16384 tokens, beyond it a multiple of 16384
+    assert [prefill_bucket(n) for n in (1, 1024, 1025, 16384, 16385, 40000)] == [1024, 1024, 4096, 16384, 32768, 49152]
+
+
+def test_flash_decoding_is_refused_where_it_cannot_run(engine):
+    with pytest.raises(ValueError, match="decode_attention='flash' is unavailable: flash decoding needs a CUDA device"):
+        SimpleEngine(engine.model, engine.tokenizer, engine.context_len, compile=False, decode_attention="flash")
 
 
 def test_from_checkpoint_loads_in_the_asked_precision(demo_run):

@@ -107,6 +107,13 @@ def test_loglikelihood_equals_the_exports_prefix_lm_forward(demo_run, native, tm
     generate = [Instance("generate_until", {}, (context, {"until": ["9"], "max_gen_toks": 8}), i)
                 for i, (context, _) in enumerate(pairs)]
     assert on_export.generate_until(generate) == lm.generate_until(generate)
+    # flex prefill (CPU: uncompiled) pads the packed forward to a compiled shape, 1024 tokens and
+    # 4 sample slots here: the padding changes nothing
+    padded = SimpleEngine(native.model, native.tokenizer, native.context_len, compile=False, prefill_backend="flex")
+    assert padded.pad_prefill
+    lm_padded = HrmTextLM(engine=padded, batch_size=2)
+    assert [g for g, _ in lm_padded.loglikelihood(requests)] == pytest.approx([g for g, _ in got], abs=1e-4)
+    assert lm_padded.generate_until(generate) == lm.generate_until(generate)
     for (context, continuation), (logprob, greedy) in zip(pairs, got):
         prompt = native.encode_prompt(context, "direct")
         response = native.tokenizer.encode_batch([continuation])[0]

@@ -96,10 +96,11 @@ def clip_grad_norm_(parameters, max_norm: float | None) -> torch.Tensor:
     return total
 
 
-def compile_units(model: LanguageModel, fullgraph: bool = False, activation_memory_budget: float = 1.0,
+def compile_units(model: LanguageModel, fullgraph: bool = False, activation_memory_budget: float | None = 1.0,
                   unit: str = "stack") -> LanguageModel:
     """torch.compile every unit in place (the module FSDP2 wraps, so its hooks stay outside the
-    graph). Shapes are static (fixed packed batches), so `dynamic=False`. One graph per grad mode
+    graph). Shapes are static (fixed packed batches; generation pads its prefills to a few
+    lengths), so `dynamic=False`. One graph per grad mode
     serves every unit of the same depth and every module call of the recurrence: parameters and a
     call's KV cache (generation, `AttentionContext.at_call`) are graph inputs, so no recompiles
     across stacks (unless H_override gives the H stack another depth) or bp_steps. Generation
@@ -115,7 +116,8 @@ def compile_units(model: LanguageModel, fullgraph: bool = False, activation_memo
     modules = unit_modules(model, unit)
     if isinstance(model, FSDPModule) and not all(isinstance(module, FSDPModule) for module in modules):
         raise ValueError(f"compile_units(unit={unit!r}): the model is sharded by another unit; pass shard_model's unit")
-    functorch_config.activation_memory_budget = activation_memory_budget
+    if activation_memory_budget is not None:  # None (generation: no backward) leaves the setting alone
+        functorch_config.activation_memory_budget = activation_memory_budget
     for module in modules:
         module.compile(dynamic=False, fullgraph=fullgraph)
     model.compiled_loss = True  # the chunked loss's per-chunk part too
