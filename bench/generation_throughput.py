@@ -16,7 +16,8 @@ once before (compilation, graph capture, first-call overheads). Sections:
   generate   the main shape, native and transformers, tokens/s and their ratio
   roofline   decode steps of a full batch: bytes one step must move (each stack call's weights,
              each call's KV cache up to each row's position, the LM head and logits) over the
-             measured bandwidth, against the measured step time; and batch-1 latency per token
+             measured bandwidth, against the measured step time; and batch-1 latency per token;
+             with --profile, the full batch's step time per kernel group and kernel
   prefill    --prefill-prompts prompts of ~--prefill-len tokens, 1 new token (MMLU's shape); with
              --train-step, bench/train_throughput.py's training step of the same model beside it
   samples    --sample-prompts prompts x --samples samples at T=0.8: wall time over the decode-only
@@ -159,10 +160,12 @@ def weight_bytes(module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def decode_step_time(engine, group, cache_len, context, max_new_tokens, sampling, device) -> tuple[float, float]:
+def decode_step_time(engine, group, cache_len, context, max_new_tokens, sampling, device,
+                     profile: bool = False) -> tuple[float, float]:
     """(seconds per decode step, mean position at the start) of a batch of len(group) slots, one
     prompt each, over a cache of cache_len: max_new_tokens - 1 steps through the engine's compiled
-    step (the same shapes as its own batch: no new compilation)."""
+    step (the same shapes as its own batch: no new compilation). `profile`: then where the GPU time
+    of 3 more steps goes, run uncaptured (kernel groups and top kernels, train_throughput's table)."""
     batch = len(group)
     decode = DecodeBatch(engine.model, batch, cache_len, context, max_new_tokens, SPECIAL["<|eoa|>"], sampling,
                          engine.decode_attention)
@@ -174,6 +177,11 @@ def decode_step_time(engine, group, cache_len, context, max_new_tokens, sampling
     start_positions = decode.positions.float().mean().item()
     steps = max_new_tokens - 1
     _, elapsed = timed(lambda: decode.run(steps), device)
+    if profile:
+        from train_throughput import profile_steps
+
+        print(f"profile of the decode step, batch {batch}, uncaptured (the CUDA graph replays the same kernels):")
+        profile_steps(lambda _: decode.step(), 0, 3, device)
     return elapsed / steps, start_positions
 
 
@@ -190,7 +198,8 @@ def roofline(args, engine, model, prompts, bandwidth, device) -> tuple[float, di
         # the cache length the engine gives the generate run, so the compiled step is reused
         cache_len = cache_length(max(len(p) for p in prompts) + args.max_new_tokens, args.context)
         per_step, start_positions = decode_step_time(engine, prompts[:batch], cache_len, args.context,
-                                                     args.max_new_tokens, Sampling(), device)
+                                                     args.max_new_tokens, Sampling(), device,
+                                                     profile=args.profile and batch == args.batch_size)
         step_times[batch] = per_step
         mean_pos = start_positions + steps / 2  # keys read per row per call: position + 1
         kv = batch * (mean_pos + 1) * kv_per_position * len(per_call)
@@ -336,6 +345,8 @@ def main() -> None:
     parser.add_argument("--train-step", action="store_true",
                         help="prefill section: also run bench/train_throughput.py on the same model for the "
                              "training step's tokens/s")
+    parser.add_argument("--profile", action="store_true",
+                        help="roofline section: also where the GPU time of a full batch's decode step goes")
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args()
     if args.cpu:
