@@ -14,7 +14,6 @@ context. A prompt that does not fit the context yields an empty generation and i
 """
 
 import argparse
-import itertools
 import json
 import time
 from collections import deque
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 from data_io.rows import parse_conditions
 from data_io.text_tokenizer import TextTokenizer
-from inference.decode import DecodeBatch
+from inference.decode import DecodeBatch, pack
 from inference.sampling import Sampling
 from models import attention as attn_lib
 from models.config import round_up
@@ -137,20 +136,16 @@ class SimpleEngine:
     def packed_logits(self, sequences: list[list[int]], prefix_lens: list[int]) -> torch.Tensor:
         """Logits [total tokens, V] of one packed forward over `sequences`, sequence i's first
         prefix_lens[i] tokens attending bidirectionally and the rest causally (as in training),
-        padded like a prefill to a compiled shape (a fixed length and a power-of-two slot count)."""
-        lengths = [len(s) for s in sequences]
-        total = sum(lengths)
-        padded, slots = total, len(sequences)
-        if self.pad_prefill:
-            padded, slots = prefill_bucket(total), 1 << (len(sequences) - 1).bit_length()
-        cu = torch.tensor([0, *itertools.accumulate(lengths)] + [total] * (slots - len(sequences)), dtype=torch.int32,
-                          device=self.device)
-        prefix = torch.tensor(prefix_lens + [0] * (slots - len(sequences)), dtype=torch.int32, device=self.device)
-        layout = attn_lib.build_layout(cu, prefix, padded, padded if self.pad_prefill else max(lengths),
-                                       self.prefill_backend)
-        ids = torch.tensor([t for s in sequences for t in s] + [0] * (padded - total), device=self.device)
-        positions = torch.tensor([i for n in lengths for i in range(n)] + [0] * (padded - total), device=self.device)
+        padded like a prefill."""
+        total = sum(len(s) for s in sequences)
+        ids, positions, _, layout = pack(sequences, prefix_lens, self.prefill_backend, self.device,
+                                         self.prefill_length(total))
         return self.model(ids[None], positions[None], PackedContext(layout))[0, :total]
+
+    def prefill_length(self, tokens: int) -> int | None:
+        """The packed length a forward over `tokens` tokens runs at: a PREFILL_BUCKETS shape when
+        compiled stacks or flex (compiled on its own) would otherwise recompile per length."""
+        return prefill_bucket(tokens) if self.pad_prefill else None
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -238,8 +233,7 @@ class SimpleEngine:
             waiting[0][1] -= take
             if waiting[0][1] == 0:
                 waiting.popleft()
-        decode.prefill(chunk, chunk_prefixes, rows, sequences, self.prefill_backend,
-                       prefill_bucket(tokens) if self.pad_prefill else None)
+        decode.prefill(chunk, chunk_prefixes, rows, sequences, self.prefill_backend, self.prefill_length(tokens))
         self.stats.prefill_tokens += tokens
         self.stats.prefill_chunks += 1
 
@@ -295,6 +289,7 @@ class SimpleEngine:
                                     top_k=top_k, top_p=top_p, min_p=min_p, progress=progress)
         texts = [self.tokenizer.decode(ids) for ids in outputs]
         return [texts[i * decoded:(i + 1) * decoded] * (num_samples // decoded) for i in range(len(prompts))]
+
 
 def cache_length(tokens: int, context_len: int) -> int:
     """The KV cache length for sequences of up to `tokens` tokens."""

@@ -54,7 +54,7 @@ from conversion.convert_to_hf import hf_config, hf_state_dict  # noqa: E402
 from inference.decode import DecodeBatch  # noqa: E402
 from inference.sampling import Sampling  # noqa: E402
 from models.model import LanguageModel, model_vocab_size  # noqa: E402
-from simple_inference_engine import SimpleEngine, cache_length, prefill_bucket  # noqa: E402
+from simple_inference_engine import SimpleEngine, cache_length  # noqa: E402
 from training.config import compose  # noqa: E402
 
 SPECIAL = {"<|pad|>": 0, "<|boq|>": 1, "<|eoq|>": 2, "<|eoa|>": 3, "<|direct|>": 4}
@@ -172,7 +172,7 @@ def decode_step_time(engine, group, cache_len, context, max_new_tokens, sampling
     if engine.cuda_graphs:
         decode.capture()
     decode.prefill(group, [[] for _ in group], [[i] for i in range(batch)], [[i] for i in range(batch)],
-                   engine.prefill_backend, prefill_bucket(sum(map(len, group))) if engine.pad_prefill else None)
+                   engine.prefill_backend, engine.prefill_length(sum(map(len, group))))
     decode.run(2)
     start_positions = decode.positions.float().mean().item()
     steps = max_new_tokens - 1

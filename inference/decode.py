@@ -11,8 +11,9 @@ counts, CUDA in half precision), "flex" (a flex BlockMask over the filled key ti
 dtype) or "dense" (a boolean mask over the whole cache; CPU). All compute `generation_mask`'s rule.
 """
 
+import itertools
+
 import torch
-import torch.nn.functional as F
 
 from inference.sampling import Sampling, choose_tokens
 from models import attention as attn_lib
@@ -118,22 +119,11 @@ class DecodeBatch:
         device = self.tokens.device
         fed = [p + r for p, r in zip(prompts, prefixes)]
         lengths = [len(f) for f in fed]
-        total = sum(lengths)
-        padded = max(total, pad_to or 0)
-        pad = padded - total
-        ids = torch.tensor([t for f in fed for t in f] + [0] * pad, device=device)
-        token_positions = torch.tensor([i for n in lengths for i in range(n)] + [self.cache_len - 1] * pad,
-                                       device=device)
-        token_rows = torch.tensor([r[0] for r, n in zip(rows, lengths) for _ in range(n)] + [rows[0][0]] * pad,
-                                  device=device)
-        # Padded, a chunk is a fixed shape: also as many sample slots as the batch has rows (the
-        # empty ones at the end, as training pads its slots) and a fixed length bound.
-        slots = self.batch_size if pad_to else len(prompts)
+        ids, token_positions, cu, layout = pack(fed, [len(p) for p in prompts], attn_backend, device, pad_to,
+                                                pad_position=self.cache_len - 1)
+        token_rows = torch.tensor([r[0] for r, n in zip(rows, lengths) for _ in range(n)]
+                                  + [rows[0][0]] * (len(ids) - sum(lengths)), device=device)
         prompt_lens = torch.tensor([len(p) for p in prompts], device=device)
-        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()] + [total] * (slots - len(prompts)),
-                          dtype=torch.int32, device=device)
-        prefix_lens = F.pad(prompt_lens, (0, slots - len(prompts))).int()
-        layout = attn_lib.build_layout(cu, prefix_lens, padded, padded if pad_to else max(lengths), attn_backend)
         ctx = PackedContext(layout, self.cache, token_rows, token_positions)
         hidden = self.model.hidden_states(ids[None], token_positions[None], ctx)[0]
         logits = self.model.lm_head(hidden[cu[1:len(prompts) + 1].long() - 1])  # each prompt's last token
@@ -157,3 +147,23 @@ class DecodeBatch:
         self.stopped_at_eoa &= ~admitted
         chosen = self.tokens.index_copy(0, flat_rows, first)
         self._record(chosen, self.positions, admitted)
+
+
+def pack(sequences: list[list[int]], prefix_lens: list[int], attn_backend: str, device, pad_to: int | None = None,
+         pad_position: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, attn_lib.PackedLayout]:
+    """`sequences` back to back on one token axis, sequence i's first prefix_lens[i] tokens
+    attending bidirectionally and the rest causally (as in training): ids and positions [L],
+    cu_seqlens [slots + 1] and the layout. With `pad_to`, a fixed shape for compiled code: L is
+    pad_to, the padding tail (ids 0, positions `pad_position`) belongs to no sequence, the slot
+    count is the next power of two of len(sequences) (empty slots at the end, as training pads its
+    slots), and the length bound is L."""
+    lengths = [len(s) for s in sequences]
+    total = sum(lengths)
+    padded, slots = (max(total, pad_to), 1 << (len(sequences) - 1).bit_length()) if pad_to else (total, len(sequences))
+    ids = torch.tensor([t for s in sequences for t in s] + [0] * (padded - total), device=device)
+    positions = torch.tensor([i for n in lengths for i in range(n)] + [pad_position] * (padded - total), device=device)
+    cu = torch.tensor([0, *itertools.accumulate(lengths)] + [total] * (slots - len(sequences)), dtype=torch.int32,
+                      device=device)
+    prefix = torch.tensor(prefix_lens + [0] * (slots - len(sequences)), dtype=torch.int32, device=device)
+    layout = attn_lib.build_layout(cu, prefix, padded, padded if pad_to else max(lengths), attn_backend)
+    return ids, positions, cu, layout
