@@ -90,11 +90,11 @@ class SimpleEngine:
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
         available = attn_lib.available_backends(self.device)
         dtype = model.lm_head.weight.dtype
-        flash_unavailable = attn_lib.flash_decode_unavailable(self.device, dtype)
+        split_unavailable = attn_lib.split_decode_unavailable(self.device, model.arch.head_dim)
         if decode_attention is None:  # fastest first (bench/README.md, generation_throughput.py)
-            decode_attention = "flex" if "flex" in available else "flash" if flash_unavailable is None else "dense"
-        if decode_attention == "flash" and flash_unavailable:
-            raise ValueError(f"decode_attention='flash' is unavailable: {flash_unavailable}; use 'flex' or 'dense'")
+            decode_attention = "flex" if "flex" in available else "split" if split_unavailable is None else "dense"
+        if decode_attention == "split" and split_unavailable:
+            raise ValueError(f"decode_attention='split' is unavailable: {split_unavailable}; use 'flex' or 'dense'")
         self.decode_attention = decode_attention
         # fastest first (docs/DESIGN.md, "Decisions"); the two-pass kernels run in half precision only
         half = dtype in (torch.float16, torch.bfloat16)

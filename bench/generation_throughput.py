@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 from conversion.convert_to_hf import hf_config, hf_state_dict  # noqa: E402
 from inference.decode import DecodeBatch  # noqa: E402
 from inference.sampling import Sampling  # noqa: E402
+from models import attention as attn_lib  # noqa: E402
 from models.model import LanguageModel, model_vocab_size  # noqa: E402
 from simple_inference_engine import SimpleEngine, cache_length  # noqa: E402
 from training.config import compose  # noqa: E402
@@ -193,6 +194,14 @@ def roofline(args, engine, model, prompts, bandwidth, device) -> tuple[float, di
     head = weight_bytes(model.lm_head)
     kv_per_position = 2 * net.layers_per_call * arch.num_heads * arch.head_dim * model.lm_head.weight.element_size()
     step_times = {}
+    for keys in args.split_decode_keys:  # the split decode kernel beside the engine's default
+        attn_lib.SPLIT_DECODE_KEYS = keys
+        split = SimpleEngine(model, engine.tokenizer, engine.context_len, decode_attention="split")
+        cache_len = cache_length(max(len(p) for p in prompts) + args.max_new_tokens, args.context)
+        per_step, _ = decode_step_time(split, prompts[:args.batch_size], cache_len, args.context,
+                                       args.max_new_tokens, Sampling(), device)
+        print(f"roofline batch {args.batch_size:3}, decode attention split, {keys} cache positions per split: "
+              f"{per_step * 1e3:7.2f} ms/step", flush=True)
     for batch in (args.batch_size, 1):
         steps = args.max_new_tokens - 1
         # the cache length the engine gives the generate run, so the compiled step is reused
@@ -345,6 +354,9 @@ def main() -> None:
     parser.add_argument("--train-step", action="store_true",
                         help="prefill section: also run bench/train_throughput.py on the same model for the "
                              "training step's tokens/s")
+    parser.add_argument("--split-decode-keys", type=lambda v: [int(x) for x in v.split(",")], default=[],
+                        help="roofline section: also time the split decode kernel with these cache positions per "
+                             "split (comma list, e.g. 128,256,1024)")
     parser.add_argument("--profile", action="store_true",
                         help="roofline section: also where the GPU time of a full batch's decode step goes")
     parser.add_argument("--cpu", action="store_true")

@@ -6,9 +6,9 @@ recording the token) on the device. So on CUDA it is captured once as a CUDA gra
 the host only looks at the `active` flags every few steps to refill finished slots. On CPU the
 same step runs eagerly.
 
-Decode attention (`decode_attention`): "flash" (FlashAttention's varlen kernel with per-row key
-counts, CUDA in half precision), "flex" (a flex BlockMask over the filled key tiles, any CUDA
-dtype) or "dense" (a boolean mask over the whole cache; CPU). All compute `generation_mask`'s rule.
+Decode attention (`decode_attention`): "split" (a Triton kernel splitting each row's filled keys
+in equal parts, CUDA), "flex" (a flex BlockMask over the filled key tiles, CUDA) or "dense" (a
+boolean mask over the whole cache; CPU). All compute `generation_mask`'s rule.
 """
 
 import itertools
@@ -27,7 +27,7 @@ class DecodeBatch:
     once the sequence has ended (eoa, a token of `stop_ids`, which is kept, `max_new_tokens`, or
     the context is full) or the slot is free."""
 
-    DECODE_ATTENTION = ("flash", "flex", "dense")
+    DECODE_ATTENTION = ("split", "flex", "dense")
 
     def __init__(self, model: LanguageModel, batch_size: int, cache_len: int, context_len: int,
                  max_new_tokens: int, eoa: int, sampling: Sampling, decode_attention: str = "dense", stop_ids=()):
@@ -57,7 +57,7 @@ class DecodeBatch:
     @torch.no_grad()
     def step(self) -> None:
         positions = self.positions[:, None]
-        if self.decode_attention == "flash":
+        if self.decode_attention == "split":
             mask = attn_lib.KeyLengths((self.positions + 1).int())
         elif self.decode_attention == "flex":
             mask = attn_lib.decode_block_mask(self.positions, self.cache_len)

@@ -24,8 +24,8 @@ Backends, all computing exactly that:
 
 Generation (static KV cache) prefills prompts through `packed_attention` (prefix semantics), then
 each new token attends causally to everything before it through `cached_attention`, under a
-`generation_mask`, a flex `decode_block_mask`, or `KeyLengths` (FlashAttention's varlen kernel
-with per-row key counts: a row reads only the keys it has filled).
+`generation_mask`, a flex `decode_block_mask`, or `KeyLengths` (`split_decode`, a Triton kernel
+that reads only the keys a row has filled, split in equal parts).
 """
 
 import functools
@@ -48,6 +48,12 @@ try:
     from flash_attn_interface import flash_attn_varlen_func
 except ImportError:
     flash_attn_varlen_func = None
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
 
 log = logging.getLogger(__name__)
 
@@ -436,30 +442,80 @@ class KeyLengths:
     lengths: torch.Tensor  # int32 [B]
 
 
-def _flash_decode(q, k, v, lengths: torch.Tensor) -> torch.Tensor:
-    """FlashAttention's variable-length kernel (the one inside PyTorch) over the cache's own
-    [B, T, H, D] storage, each row b a sequence of T slots of which the first lengths[b] are used."""
-    B, H, _, D = q.shape
-    T = k.shape[2]
-    steps = torch.arange(B + 1, device=q.device, dtype=torch.int32)
-    q_rows = q.transpose(1, 2).reshape(B, H, D)
-    k_rows, v_rows = (x.transpose(1, 2).reshape(B * T, H, D) for x in (k, v))
-    out = torch.ops.aten._flash_attention_forward(q_rows, k_rows, v_rows, steps, steps * T, 1, T, 0.0, False, False,
-                                                  seqused_k=lengths)[0]
-    return out.view(B, 1, H, D).transpose(1, 2)
+if triton is not None:
+    @triton.jit
+    def _split_decode_kernel(Q, K, V, lengths, acc_out, max_out, sum_out, stride_kb, stride_kt, scale,
+                             HEADS: tl.constexpr, DIM: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
+        """Program (row x head, split): the split-th of SPLITS equal parts of the row's filled keys
+        (0 .. lengths[row] - 1) in BLOCK-key tiles, as a running softmax: its unnormalised output
+        [DIM], its running max and its sum of exponentials."""
+        row_head, split = tl.program_id(0), tl.program_id(1)
+        row, head = row_head // HEADS, row_head % HEADS
+        n = tl.load(lengths + row)
+        per_split = tl.cdiv(tl.cdiv(n, SPLITS), BLOCK) * BLOCK
+        start = split * per_split
+        end = tl.minimum(n, start + per_split)
+        dims = tl.arange(0, DIM)
+        q = tl.load(Q + row_head * DIM + dims).to(tl.float32) * scale
+        running_max = tl.full((), -1e30, tl.float32)  # finite: an empty split combines with weight 0
+        running_sum = tl.zeros((), tl.float32)
+        acc = tl.zeros((DIM,), tl.float32)
+        base = row * stride_kb + head * DIM
+        for tile in range(start, end, BLOCK):
+            keys = tile + tl.arange(0, BLOCK)
+            valid = keys < end
+            offsets = base + keys[:, None] * stride_kt + dims[None, :]
+            k = tl.load(K + offsets, mask=valid[:, None], other=0.0).to(tl.float32)
+            scores = tl.where(valid, tl.sum(k * q[None, :], 1), float("-inf"))
+            new_max = tl.maximum(running_max, tl.max(scores, 0))
+            rescale = tl.exp(running_max - new_max)
+            weights = tl.exp(scores - new_max)
+            v = tl.load(V + offsets, mask=valid[:, None], other=0.0).to(tl.float32)
+            acc = acc * rescale + tl.sum(weights[:, None] * v, 0)
+            running_sum = running_sum * rescale + tl.sum(weights, 0)
+            running_max = new_max
+        out = row_head * SPLITS + split
+        tl.store(acc_out + out * DIM + dims, acc)
+        tl.store(max_out + out, running_max)
+        tl.store(sum_out + out, running_sum)
+
+    @torch.library.triton_op("hrm_text::split_decode", mutates_args=())
+    def _split_decode_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
+                         splits: int) -> torch.Tensor:
+        B, _, H, D = k.shape
+        acc = torch.empty(B * H, splits, D, device=q.device, dtype=torch.float32)
+        maxima = torch.empty(B * H, splits, device=q.device, dtype=torch.float32)
+        sums = torch.empty_like(maxima)
+        torch.library.wrap_triton(_split_decode_kernel)[(B * H, splits)](
+            q, k, v, lengths, acc, maxima, sums, k.stride(0), k.stride(1), D ** -0.5,
+            HEADS=H, DIM=D, SPLITS=splits, BLOCK=SPLIT_DECODE_BLOCK)
+        weights = torch.exp(maxima - maxima.amax(-1, keepdim=True))
+        out = (acc * weights[..., None]).sum(1) / (sums * weights).sum(1)[:, None]
+        return out.view(B, H, D).to(q.dtype)
 
 
-def flash_decode_unavailable(device: torch.device | str, dtype: torch.dtype) -> str | None:
-    """None when `KeyLengths` decoding can run on `device` in `dtype`, else why not."""
+SPLIT_DECODE_BLOCK = 64  # keys per tile of the split decode kernel
+SPLIT_DECODE_KEYS = 256  # cache positions per split (at most 8 splits): the default split count
+
+
+def split_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
+                 splits: int | None = None) -> torch.Tensor:
+    """One query per row over a cache k, v [B, T, H, D] (contiguous heads and dims), row b seeing
+    keys 0 .. lengths[b] - 1: q [B, H, D] -> [B, H, D]. Each (row, head) is split into `splits`
+    equal parts of its *filled* keys (flash decoding balanced on the row's length, where flex
+    splits the cache's whole length), combined by their softmax statistics."""
+    splits = splits or max(1, min(8, k.shape[1] // SPLIT_DECODE_KEYS))
+    return _split_decode_op(q.contiguous(), k, v, lengths, splits)
+
+
+def split_decode_unavailable(device: torch.device | str, head_dim: int) -> str | None:
+    """None when `KeyLengths` decoding (split_decode) can run on `device`, else why not."""
     if torch.device(device).type != "cuda":
-        return "flash decoding needs a CUDA device"
-    if dtype not in (torch.float16, torch.bfloat16):
-        return f"flash decoding runs in float16 or bfloat16, not {dtype}"
-    if torch.cuda.get_device_capability(device)[0] < 8:
-        return f"flash decoding needs an Ampere or newer GPU (sm80+), found {torch.cuda.get_device_name(device)}"
-    arguments = {a.name for a in torch.ops.aten._flash_attention_forward.default._schema.arguments}
-    if "seqused_k" not in arguments:
-        return f"torch {torch.__version__}'s flash attention takes no seqused_k (per-row key counts)"
+        return "split decoding needs a CUDA device"
+    if triton is None:
+        return "split decoding needs triton"
+    if head_dim & (head_dim - 1):
+        return f"split decoding needs a power-of-two head_dim, not {head_dim}"
     return None
 
 
@@ -467,8 +523,8 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) ->
     """q [B, H, Tq, D] over a KV cache k, v [B, H, T, D] -> [B, H, Tq, D]. `mask` is a
     `generation_mask` [B, 1, Tq, T'] over the first T' <= T positions, a `decode_block_mask`, or
     `KeyLengths` (Tq = 1)."""
-    if isinstance(mask, KeyLengths):
-        return _flash_decode(q, k, v, mask.lengths)
+    if isinstance(mask, KeyLengths):  # k, v: the cache's own [B, T, H, D] storage, transposed
+        return split_decode(q[:, :, 0], k.transpose(1, 2), v.transpose(1, 2), mask.lengths)[:, :, None]
     if isinstance(mask, BlockMask):
         return _flex(q, k, v, mask)
     T = mask.shape[-1]

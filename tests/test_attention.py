@@ -3,6 +3,8 @@ reference, which is itself checked against an explicit per-(query, key) loop."""
 
 import math
 
+import os
+
 import pytest
 import torch
 
@@ -297,24 +299,40 @@ def test_cuda_backend_matches_fp32_sdpa(backend, attn_type):
         assert ((got.float() - want).norm() / want.norm()) < 1e-2
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("kind", ["flash", "flex"])
-def test_cuda_decode_attention_matches_fp32_dense_mask(kind):
-    """One query per row over a bf16 cache whose rows are filled to different lengths (1 key, a
-    tile edge, the whole cache): KeyLengths (flash) and decode_block_mask (flex) against
-    generation_mask + float32 sdpa; garbage past each row's fill must not leak in."""
-    if kind == "flash" and A.flash_decode_unavailable("cuda", torch.bfloat16):
-        pytest.skip(A.flash_decode_unavailable("cuda", torch.bfloat16))
-    cuda = torch.device("cuda")
-    B, H, T, D = 6, 4, 640, 128
-    positions = torch.tensor([0, 127, 128, 300, 600, T - 1], device=cuda)  # each row's query position
-    q = torch.randn(B, H, 1, D, device=cuda)
-    k, v = (torch.randn(B, T, H, D, device=cuda) for _ in range(2))  # the cache's own layout
-    for b, p in enumerate(positions.tolist()):  # unfilled slots hold huge values: any leak shows
+def _decode_case(device, B=6, H=4, T=640, D=128):
+    """One query per row over a cache [B, T, H, D] whose rows are filled to different lengths (1
+    key, a tile edge, past one, the whole cache), unfilled slots holding huge values (a leak shows),
+    and the float32 dense-mask reference."""
+    positions = torch.tensor([0, 127, 128, T // 2, T - 40, T - 1][:B], device=device)  # each row's query position
+    q = torch.randn(B, H, 1, D, device=device)
+    k, v = (torch.randn(B, T, H, D, device=device) for _ in range(2))
+    for b, p in enumerate(positions.tolist()):
         k[b, p + 1:], v[b, p + 1:] = 1e4, 1e4
     kt, vt = k.transpose(1, 2), v.transpose(1, 2)
-    want = A.cached_attention(q, kt, vt, A.generation_mask(positions[:, None], torch.zeros(B, device=cuda), T))
-    mask = A.KeyLengths((positions + 1).int()) if kind == "flash" else A.decode_block_mask(positions, T)
+    want = A.cached_attention(q, kt, vt, A.generation_mask(positions[:, None], torch.zeros(B, device=device), T))
+    return q, k, v, positions, want
+
+
+@pytest.mark.skipif(A.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="the split decode kernel on CPU needs triton's interpreter (TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("splits", [1, 3, 8])
+def test_split_decode_kernel_matches_dense_mask_in_triton_interpreter(splits):
+    q, k, v, positions, want = _decode_case("cpu", T=320)
+    got = A.split_decode(q[:, :, 0], k, v, (positions + 1).int(), splits)
+    assert (got - want[:, :, 0]).abs().max() < 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["split", "flex"])
+def test_cuda_decode_attention_matches_fp32_dense_mask(kind):
+    """KeyLengths (split) and decode_block_mask (flex) in bf16 against generation_mask + float32
+    sdpa, rows filled to different lengths."""
+    if kind == "split" and A.split_decode_unavailable("cuda", 128):
+        pytest.skip(A.split_decode_unavailable("cuda", 128))
+    q, k, v, positions, want = _decode_case(torch.device("cuda"))
+    T = k.shape[1]
+    kt, vt = k.transpose(1, 2), v.transpose(1, 2)
+    mask = A.KeyLengths((positions + 1).int()) if kind == "split" else A.decode_block_mask(positions, T)
     got = A.cached_attention(q.bfloat16(), kt.bfloat16(), vt.bfloat16(), mask)
     assert got.shape == want.shape
     assert ((got.float() - want).norm() / want.norm()) < 1e-2

@@ -143,9 +143,9 @@ def test_cache_and_prefill_lengths_are_few_shapes():
     assert [prefill_bucket(n) for n in (1, 1024, 1025, 16384, 16385, 40000)] == [1024, 1024, 4096, 16384, 32768, 49152]
 
 
-def test_flash_decoding_is_refused_where_it_cannot_run(engine):
-    with pytest.raises(ValueError, match="decode_attention='flash' is unavailable: flash decoding needs a CUDA device"):
-        SimpleEngine(engine.model, engine.tokenizer, engine.context_len, compile=False, decode_attention="flash")
+def test_split_decoding_is_refused_where_it_cannot_run(engine):
+    with pytest.raises(ValueError, match="decode_attention='split' is unavailable: split decoding needs a CUDA device"):
+        SimpleEngine(engine.model, engine.tokenizer, engine.context_len, compile=False, decode_attention="split")
 
 
 def test_from_checkpoint_loads_in_the_asked_precision(demo_run):
