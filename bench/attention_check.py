@@ -4,12 +4,15 @@ reference and forward+backward time, on random packed batches shaped like real t
     python3 bench/attention_check.py
     python3 bench/attention_check.py --backends flex_fa4,flex   # only these (the sdpa reference is always run)
     python3 bench/attention_check.py --flex-sweep   # flex kernel options, timed and checked
+    python3 bench/attention_check.py --decode       # decode attention at a full batch's decode shapes
 
 Needs only torch (and numpy): models/attention.py imports nothing else of the repo (hydra,
 pydantic, ...). Prints a table per batch; the latest figures are in bench/README.md.
 """
 
 import argparse
+import functools
+import itertools
 import json
 import math
 import warnings
@@ -17,7 +20,7 @@ import warnings
 import numpy as np
 import torch
 
-from common import kernel_ms, median_ms, print_header, random_samples
+from common import copy_bandwidth, kernel_ms, median_ms, print_header, random_samples
 from models import attention as A
 
 HEADS, HEAD_DIM, MAX_SEQLEN, SLOTS = 10, 128, 4096, 256
@@ -162,9 +165,84 @@ def flex_sweep(name, samples, total_len, device, candidates=FLEX_CANDIDATES):
             print(f"{cand:20} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", flush=True)
 
 
+def graph_us(fn, calls: int = 24) -> float:
+    """Microseconds per fn(), replayed from one CUDA graph of `calls` calls: as a captured decode
+    step runs its attention calls, with no launch gaps between them."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up (compilation) off the capture
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return median_ms(graph.replay, iters=20, warmup=3) * 1e3 / calls
+
+
+def decode_sweep(args, device):
+    """One query per row over a bf16 KV cache whose rows are filled to random lengths (the decode
+    step of a full batch): each decode attention path, compiled as in the engine's step, its error
+    against the fp32 dense mask, time per call and the bandwidth it reaches on the keys and values
+    the rows have filled (the bytes a decode roofline counts), beside the device copy bandwidth."""
+    B, T, H, D = args.decode_batch, args.decode_cache_len, HEADS, HEAD_DIM
+    lo, hi = args.decode_lengths
+    rng = np.random.default_rng(0)
+    lengths = torch.tensor(rng.integers(lo, hi + 1, B), device=device, dtype=torch.int32)
+    positions = lengths.long() - 1
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(shape, device=device, generator=g).bfloat16()
+               for shape in ((B, H, 1, D), (B, T, H, D), (B, T, H, D)))
+    heads_outer = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in (k, v)]  # a [B, H, T, D] cache
+    dense_mask = A.generation_mask(positions[:, None], torch.zeros(B, device=device), T)
+    want = A.cached_attention(q.float(), k.float().transpose(1, 2), v.float().transpose(1, 2), dense_mask)
+    filled = lengths.sum().item() * H * D * 2 * k.element_size()
+    bandwidth = copy_bandwidth(device)
+    print(f"\n== decode attention: batch {B}, cache {T} positions, H={H} D={D}, rows filled to {lo}..{hi} "
+          f"(mean {lengths.float().mean().item():.0f}): {filled / 1e6:.1f} MB of keys and values; "
+          f"device copy {bandwidth / 1e12:.2f} TB/s")
+    masks = {"sdpa, whole cache": dense_mask, "flex": A.decode_block_mask(positions, T),
+             f"split, defaults ({A.SPLIT_DECODE_KEYS} cache positions per split)": A.KeyLengths(lengths)}
+    kernels = {name: functools.partial(A.cached_attention, q, k.transpose(1, 2), v.transpose(1, 2), mask)
+               for name, mask in masks.items()}
+    for splits, block, warps in itertools.product(args.decode_splits, args.decode_blocks, args.decode_warps):
+        for layout, (kc, vc) in (("[B,T,H,D]", (k, v)), ("[B,H,T,D]", heads_outer)):
+            if layout == "[B,H,T,D]" and not args.decode_layouts:
+                continue
+            kernels[f"split {splits} x {block}-key tiles, {warps} warps, {layout}"] = functools.partial(
+                lambda kc, vc, s, b, w: A.split_decode(q[:, :, 0], kc, vc, lengths, s, b, w)[:, :, None],
+                kc, vc, splits, block, warps)
+    print(f"{'decode attention':48} {'rel err':>8} {'ok':4} {'us/call':>8} {'TB/s':>6} {'% copy':>6}")
+    for name, fn in kernels.items():
+        torch._dynamo.reset()
+        try:
+            compiled = torch.compile(fn, dynamic=False)
+            with torch.no_grad():
+                err = relative_errors([compiled()], [want])[0]
+                us = graph_us(compiled)
+            rate = filled / us / 1e6
+            print(f"{name:48} {err:8.1e} {'PASS' if err < TOLERANCE else 'FAIL':4} {us:8.1f} {rate:6.2f} "
+                  f"{100 * rate * 1e12 / bandwidth:6.0f}", flush=True)
+        except Exception as exc:  # a config the GPU cannot run (shared memory, registers)
+            print(f"{name:48} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flex-sweep", action="store_true", help="time flex kernel options instead of the backends")
+    parser.add_argument("--decode", action="store_true",
+                        help="time decode attention (flex, split kernel configs, dense) instead of the backends")
+    ints = lambda v: [int(x) for x in v.split(",")]  # noqa: E731
+    parser.add_argument("--decode-batch", type=int, default=64, help="--decode: rows (sequences)")
+    parser.add_argument("--decode-cache-len", type=int, default=512, help="--decode: cache positions per row")
+    parser.add_argument("--decode-lengths", type=ints, default=[150, 406],
+                        help="--decode: filled keys per row, drawn uniformly from LO,HI")
+    parser.add_argument("--decode-splits", type=ints, default=[1, 2, 4, 8], help="--decode: split kernel splits")
+    parser.add_argument("--decode-blocks", type=ints, default=[32, 64], help="--decode: split kernel keys per tile")
+    parser.add_argument("--decode-warps", type=ints, default=[4, 8], help="--decode: split kernel warps")
+    parser.add_argument("--decode-layouts", action="store_true",
+                        help="--decode: also time the split kernel over a [B, H, T, D] cache")
     parser.add_argument("--backends", default=None, help="comma list to check and time (default: every available one)")
     parser.add_argument("--batches", default="realistic,full,degenerate",
                         help="comma list of the batches to run: realistic (L=16384 mix), full (2 x 4096), degenerate "
@@ -184,6 +262,9 @@ def main():
     def full_length(rng):  # the shape of the peer comparison (train_throughput.py --shapes full)
         return [(int(p), MAX_SEQLEN - int(p)) for p in rng.integers(MAX_SEQLEN // 8, MAX_SEQLEN * 7 // 8, 2)]
 
+    if args.decode:
+        decode_sweep(args, device)
+        return
     rng = np.random.default_rng(0)
     if args.flex_sweep:
         flex_sweep("2 full-length samples", full_length(rng), 2 * MAX_SEQLEN, device)

@@ -1,5 +1,6 @@
 """What the benchmarks share: the project on sys.path, rank-0 logging, the run header (command,
-date, device), GPU timing, the synthetic length mix of packed batches, and the bf16 ceilings.
+date, device), GPU timing, the synthetic length mix of packed batches, and the measured ceilings
+(bf16 matmul rate, HBM copy bandwidth).
 
 Importing it needs only torch and numpy; the benchmarks import the project after it.
 """
@@ -83,6 +84,15 @@ def random_samples(rng, budget: int, context: int = 4096, max_samples: int | Non
         samples.append((p, n - p))
         used += n
     return samples
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes read + written per second by a device-to-device copy of 2 GiB: the measured HBM
+    ceiling of the decode rooflines."""
+    src = torch.empty(1 << 30, dtype=torch.bfloat16, device=device)
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), iters=10, warmup=3)
+    return 2 * src.numel() * src.element_size() / ms * 1e3
 
 
 def matmul_tflops(device: torch.device) -> float:

@@ -33,7 +33,6 @@ A summary table of the sections run ends the output.
 import argparse
 import copy
 import dataclasses
-import datetime
 import json
 import math
 import os
@@ -47,9 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+from common import ROOT, copy_bandwidth, print_header, sync  # the project on sys.path
 from conversion.convert_to_hf import hf_config, hf_state_dict  # noqa: E402
 from inference.decode import DecodeBatch  # noqa: E402
 from inference.sampling import Sampling  # noqa: E402
@@ -100,11 +97,6 @@ def hf_generate(model, prompts, max_new_tokens, batch_size, device):
     return outputs
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device):
     sync(device)
     t0 = time.perf_counter()
@@ -120,18 +112,6 @@ def build_model(arch, vocab, device, dtype):
     with torch.no_grad():
         model.lm_head.weight[SPECIAL["<|eoa|>"]] = 0  # eoa never wins the argmax: full-length generations
     return model.to(device=device, dtype=dtype).eval()
-
-
-def copy_bandwidth(device) -> float:
-    """Bytes read + written per second by a device-to-device copy of 2 GiB."""
-    if device.type != "cuda":
-        return float("nan")
-    src = torch.empty(1 << 30, dtype=torch.bfloat16, device=device)
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    _, elapsed = timed(lambda: [dst.copy_(src) for _ in range(10)], device)
-    return 2 * src.numel() * src.element_size() * 10 / elapsed
 
 
 def check_fp32(args, device, rng) -> None:
@@ -194,14 +174,14 @@ def roofline(args, engine, model, prompts, bandwidth, device) -> tuple[float, di
     head = weight_bytes(model.lm_head)
     kv_per_position = 2 * net.layers_per_call * arch.num_heads * arch.head_dim * model.lm_head.weight.element_size()
     step_times = {}
-    for keys in args.split_decode_keys:  # the split decode kernel beside the engine's default
-        attn_lib.SPLIT_DECODE_KEYS = keys
+    for keys, block, warps in args.split_decode:  # the split decode kernel beside the engine's default
+        attn_lib.SPLIT_DECODE_KEYS, attn_lib.SPLIT_DECODE_BLOCK, attn_lib.SPLIT_DECODE_WARPS = keys, block, warps
         split = SimpleEngine(model, engine.tokenizer, engine.context_len, decode_attention="split")
         cache_len = cache_length(max(len(p) for p in prompts) + args.max_new_tokens, args.context)
         per_step, _ = decode_step_time(split, prompts[:args.batch_size], cache_len, args.context,
                                        args.max_new_tokens, Sampling(), device)
-        print(f"roofline batch {args.batch_size:3}, decode attention split, {keys} cache positions per split: "
-              f"{per_step * 1e3:7.2f} ms/step", flush=True)
+        print(f"roofline batch {args.batch_size:3}, decode attention split ({keys} cache positions per split, "
+              f"{block}-key tiles, {warps} warps): {per_step * 1e3:7.2f} ms/step", flush=True)
     for batch in (args.batch_size, 1):
         steps = args.max_new_tokens - 1
         # the cache length the engine gives the generate run, so the compiled step is reused
@@ -354,9 +334,10 @@ def main() -> None:
     parser.add_argument("--train-step", action="store_true",
                         help="prefill section: also run bench/train_throughput.py on the same model for the "
                              "training step's tokens/s")
-    parser.add_argument("--split-decode-keys", type=lambda v: [int(x) for x in v.split(",")], default=[],
-                        help="roofline section: also time the split decode kernel with these cache positions per "
-                             "split (comma list, e.g. 128,256,1024)")
+    parser.add_argument("--split-decode", type=lambda v: [tuple(map(int, c.split(":"))) for c in v.split(",")],
+                        default=[], help="roofline section: also time the split decode kernel under these settings, "
+                        "a comma list of KEYS:BLOCK:WARPS (cache positions per split, keys per tile, warps; "
+                        "bench/attention_check.py --decode sweeps them), e.g. 128:64:4,256:32:4")
     parser.add_argument("--profile", action="store_true",
                         help="roofline section: also where the GPU time of a full batch's decode step goes")
     parser.add_argument("--cpu", action="store_true")
@@ -373,9 +354,7 @@ def main() -> None:
     summary: list[tuple[str, str]] = []
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    print(f"command: python3 {' '.join(sys.argv)}")
-    print(f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
-    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; torch {torch.__version__}")
+    print_header(device)
     rng = np.random.default_rng(0)
     if "check" in sections:
         check_fp32(args, device, rng)
@@ -403,7 +382,7 @@ def main() -> None:
           f"compiled stacks {engine.compiled}, CUDA graphs {engine.cuda_graphs}, decode attention {engine.decode_attention}, "
           f"prefill attention {engine.prefill_backend}, host check every {engine.steps_per_check} steps", flush=True)
 
-    bandwidth = copy_bandwidth(device)
+    bandwidth = copy_bandwidth(device) if device.type == "cuda" else math.nan
     print(f"bandwidth: device-to-device copy {bandwidth / 1e12:.2f} TB/s (bytes read + written)", flush=True)
 
     native_rate = None

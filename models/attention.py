@@ -444,7 +444,7 @@ class KeyLengths:
 
 if triton is not None:
     @triton.jit
-    def _split_decode_kernel(Q, K, V, lengths, acc_out, max_out, sum_out, stride_kb, stride_kt, scale,
+    def _split_decode_kernel(Q, K, V, lengths, acc_out, max_out, sum_out, stride_kb, stride_kt, stride_kh, scale,
                              HEADS: tl.constexpr, DIM: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
         """Program (row x head, split): the split-th of SPLITS equal parts of the row's filled keys
         (0 .. lengths[row] - 1) in BLOCK-key tiles, as a running softmax: its unnormalised output
@@ -460,18 +460,19 @@ if triton is not None:
         running_max = tl.full((), -1e30, tl.float32)  # finite: an empty split combines with weight 0
         running_sum = tl.zeros((), tl.float32)
         acc = tl.zeros((DIM,), tl.float32)
-        base = row * stride_kb + head * DIM
+        base = row * stride_kb + head * stride_kh
         for tile in range(start, end, BLOCK):
             keys = tile + tl.arange(0, BLOCK)
             valid = keys < end
             offsets = base + keys[:, None] * stride_kt + dims[None, :]
-            k = tl.load(K + offsets, mask=valid[:, None], other=0.0).to(tl.float32)
-            scores = tl.where(valid, tl.sum(k * q[None, :], 1), float("-inf"))
+            # both loads issued before any arithmetic: more bytes in flight per program
+            k = tl.load(K + offsets, mask=valid[:, None], other=0.0)
+            v = tl.load(V + offsets, mask=valid[:, None], other=0.0)
+            scores = tl.where(valid, tl.sum(k.to(tl.float32) * q[None, :], 1), float("-inf"))
             new_max = tl.maximum(running_max, tl.max(scores, 0))
             rescale = tl.exp(running_max - new_max)
             weights = tl.exp(scores - new_max)
-            v = tl.load(V + offsets, mask=valid[:, None], other=0.0).to(tl.float32)
-            acc = acc * rescale + tl.sum(weights[:, None] * v, 0)
+            acc = acc * rescale + tl.sum(weights[:, None] * v.to(tl.float32), 0)
             running_sum = running_sum * rescale + tl.sum(weights, 0)
             running_max = new_max
         out = row_head * SPLITS + split
@@ -481,31 +482,37 @@ if triton is not None:
 
     @torch.library.triton_op("hrm_text::split_decode", mutates_args=())
     def _split_decode_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
-                         splits: int) -> torch.Tensor:
+                         splits: int, block: int, num_warps: int) -> torch.Tensor:
         B, _, H, D = k.shape
         acc = torch.empty(B * H, splits, D, device=q.device, dtype=torch.float32)
         maxima = torch.empty(B * H, splits, device=q.device, dtype=torch.float32)
         sums = torch.empty_like(maxima)
         torch.library.wrap_triton(_split_decode_kernel)[(B * H, splits)](
-            q, k, v, lengths, acc, maxima, sums, k.stride(0), k.stride(1), D ** -0.5,
-            HEADS=H, DIM=D, SPLITS=splits, BLOCK=SPLIT_DECODE_BLOCK)
+            q, k, v, lengths, acc, maxima, sums, k.stride(0), k.stride(1), k.stride(2), D ** -0.5,
+            HEADS=H, DIM=D, SPLITS=splits, BLOCK=block, num_warps=num_warps)
         weights = torch.exp(maxima - maxima.amax(-1, keepdim=True))
         out = (acc * weights[..., None]).sum(1) / (sums * weights).sum(1)[:, None]
         return out.view(B, H, D).to(q.dtype)
 
 
 SPLIT_DECODE_BLOCK = 64  # keys per tile of the split decode kernel
+SPLIT_DECODE_WARPS = 4
 SPLIT_DECODE_KEYS = 256  # cache positions per split (at most 8 splits): the default split count
 
 
 def split_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
-                 splits: int | None = None) -> torch.Tensor:
-    """One query per row over a cache k, v [B, T, H, D] (contiguous heads and dims), row b seeing
-    keys 0 .. lengths[b] - 1: q [B, H, D] -> [B, H, D]. Each (row, head) is split into `splits`
-    equal parts of its *filled* keys (flash decoding balanced on the row's length, where flex
-    splits the cache's whole length), combined by their softmax statistics."""
+                 splits: int | None = None, block: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+    """One query per row over a cache k, v [B, T, H, D] (any strides but the last: the cache's own
+    [B, T, H, D] storage or a [B, H, T, D] one transposed; k and v alike), row b seeing keys
+    0 .. lengths[b] - 1: q [B, H, D] -> [B, H, D]. Each (row, head) is split into `splits` equal
+    parts of its *filled* keys (flash decoding balanced on the row's length, where flex splits the
+    cache's whole length), combined by their softmax statistics. Unset knobs take the SPLIT_DECODE_
+    defaults, read at call time (bench/attention_check.py --decode sweeps them)."""
+    if k.stride() != v.stride() or k.stride(-1) != 1:
+        raise ValueError(f"split_decode: k and v need the same strides, dims contiguous; got {k.stride()}, {v.stride()}")
     splits = splits or max(1, min(8, k.shape[1] // SPLIT_DECODE_KEYS))
-    return _split_decode_op(q.contiguous(), k, v, lengths, splits)
+    return _split_decode_op(q.contiguous(), k, v, lengths, splits, block or SPLIT_DECODE_BLOCK,
+                            num_warps or SPLIT_DECODE_WARPS)
 
 
 def split_decode_unavailable(device: torch.device | str, head_dim: int) -> str | None:

@@ -315,10 +315,12 @@ def _decode_case(device, B=6, H=4, T=640, D=128):
 
 @pytest.mark.skipif(A.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
                     reason="the split decode kernel on CPU needs triton's interpreter (TRITON_INTERPRET=1)")
-@pytest.mark.parametrize("splits", [1, 3, 8])
-def test_split_decode_kernel_matches_dense_mask_in_triton_interpreter(splits):
+@pytest.mark.parametrize("splits,block,heads_outer", [(1, 64, False), (3, 64, False), (8, 32, False), (3, 128, True)])
+def test_split_decode_kernel_matches_dense_mask_in_triton_interpreter(splits, block, heads_outer):
     q, k, v, positions, want = _decode_case("cpu", T=320)
-    got = A.split_decode(q[:, :, 0], k, v, (positions + 1).int(), splits)
+    if heads_outer:  # a [B, H, T, D] cache, passed as its [B, T, H, D] view
+        k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (k, v))
+    got = A.split_decode(q[:, :, 0], k, v, (positions + 1).int(), splits, block)
     assert (got - want[:, :, 0]).abs().max() < 1e-4
 
 
