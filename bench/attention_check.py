@@ -206,14 +206,13 @@ def decode_sweep(args, device):
              f"split, defaults ({A.SPLIT_DECODE_KEYS} cache positions per split)": A.KeyLengths(lengths)}
     kernels = {name: functools.partial(A.cached_attention, q, k.transpose(1, 2), v.transpose(1, 2), mask)
                for name, mask in masks.items()}
-    for splits, block, warps in itertools.product(args.decode_splits, args.decode_blocks, args.decode_warps):
-        for layout, (kc, vc) in (("[B,T,H,D]", (k, v)), ("[B,H,T,D]", heads_outer)):
-            if layout == "[B,H,T,D]" and not args.decode_layouts:
-                continue
-            kernels[f"split {splits} x {block}-key tiles, {warps} warps, {layout}"] = functools.partial(
-                lambda kc, vc, s, b, w: A.split_decode(q[:, :, 0], kc, vc, lengths, s, b, w)[:, :, None],
-                kc, vc, splits, block, warps)
-    print(f"{'decode attention':48} {'rel err':>8} {'ok':4} {'us/call':>8} {'TB/s':>6} {'% copy':>6}")
+    layouts = {"[B,T,H,D]": (k, v), **({"[B,H,T,D]": heads_outer} if args.decode_layouts else {})}
+    for method, splits, block, warps, layout in itertools.product(
+            args.decode_methods, args.decode_splits, args.decode_blocks, args.decode_warps, layouts):
+        kernels[f"split {method} {splits} x {block}-key tiles, {warps} warps, {layout}"] = functools.partial(
+            lambda kv, *knobs: A.split_decode(q[:, :, 0], *kv, lengths, *knobs)[:, :, None],
+            layouts[layout], splits, block, warps, method)
+    print(f"{'decode attention':56} {'rel err':>8} {'ok':4} {'us/call':>8} {'TB/s':>6} {'% copy':>6}")
     for name, fn in kernels.items():
         torch._dynamo.reset()
         try:
@@ -222,10 +221,10 @@ def decode_sweep(args, device):
                 err = relative_errors([compiled()], [want])[0]
                 us = graph_us(compiled)
             rate = filled / us / 1e6
-            print(f"{name:48} {err:8.1e} {'PASS' if err < TOLERANCE else 'FAIL':4} {us:8.1f} {rate:6.2f} "
+            print(f"{name:56} {err:8.1e} {'PASS' if err < TOLERANCE else 'FAIL':4} {us:8.1f} {rate:6.2f} "
                   f"{100 * rate * 1e12 / bandwidth:6.0f}", flush=True)
         except Exception as exc:  # a config the GPU cannot run (shared memory, registers)
-            print(f"{name:48} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", flush=True)
+            print(f"{name:56} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", flush=True)
 
 
 def main():
@@ -241,6 +240,8 @@ def main():
     parser.add_argument("--decode-splits", type=ints, default=[1, 2, 4, 8], help="--decode: split kernel splits")
     parser.add_argument("--decode-blocks", type=ints, default=[32, 64], help="--decode: split kernel keys per tile")
     parser.add_argument("--decode-warps", type=ints, default=[4, 8], help="--decode: split kernel warps")
+    parser.add_argument("--decode-methods", type=lambda v: v.split(","), default=list(A.SPLIT_DECODE_METHODS),
+                        help=f"--decode: split kernel tile reductions, of {','.join(A.SPLIT_DECODE_METHODS)}")
     parser.add_argument("--decode-layouts", action="store_true",
                         help="--decode: also time the split kernel over a [B, H, T, D] cache")
     parser.add_argument("--backends", default=None, help="comma list to check and time (default: every available one)")

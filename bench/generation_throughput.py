@@ -127,14 +127,22 @@ def check_fp32(args, device, rng) -> None:
     prompts = make_prompts(rng, 11, vocab, 40, 200) + [[1] * (context + 5)]
     plain = SimpleEngine(copy.deepcopy(model), StubTokenizer(), context, compile=False, cuda_graphs=False,
                          decode_attention="dense", prefill_backend="sdpa")
-    fast = SimpleEngine(model, StubTokenizer(), context)  # compiles the model's stacks in place
-    for samples in (1, 3):
-        a = fast.generate_ids(prompts, 24, batch_size=4, num_samples=samples, progress=False)
-        b = plain.generate_ids(prompts, 24, batch_size=4, num_samples=samples, progress=False)
-        same = sum(x == y for x, y in zip(a, b))
-        print(f"check fp32 {args.net} tiny, num_samples={samples}: fast path (compile={fast.compiled}, "
-              f"graphs={fast.cuda_graphs}, decode attention {fast.decode_attention}, prefill {fast.prefill_backend}) "
-              f"== eager path: {same}/{len(a)} identical", flush=True)
+    # the engine's default decode attention, and on CUDA every other fast one
+    attentions = [None] + (["split"] if device.type == "cuda" else [])
+    for attention in attentions:
+        if attention and attn_lib.split_decode_unavailable(device, arch.head_dim):
+            print(f"check fp32: decode attention {attention} skipped: "
+                  f"{attn_lib.split_decode_unavailable(device, arch.head_dim)}")
+            continue
+        # compiles its copy's stacks in place
+        fast = SimpleEngine(copy.deepcopy(model), StubTokenizer(), context, decode_attention=attention)
+        for samples in (1, 3):
+            a = fast.generate_ids(prompts, 24, batch_size=4, num_samples=samples, progress=False)
+            b = plain.generate_ids(prompts, 24, batch_size=4, num_samples=samples, progress=False)
+            same = sum(x == y for x, y in zip(a, b))
+            print(f"check fp32 {args.net} tiny, num_samples={samples}: fast path (compile={fast.compiled}, "
+                  f"graphs={fast.cuda_graphs}, decode attention {fast.decode_attention}, prefill "
+                  f"{fast.prefill_backend}) == eager path: {same}/{len(a)} identical", flush=True)
 
 
 def weight_bytes(module) -> int:

@@ -445,10 +445,14 @@ class KeyLengths:
 if triton is not None:
     @triton.jit
     def _split_decode_kernel(Q, K, V, lengths, acc_out, max_out, sum_out, stride_kb, stride_kt, stride_kh, scale,
-                             HEADS: tl.constexpr, DIM: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
+                             HEADS: tl.constexpr, DIM: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr,
+                             METHOD: tl.constexpr, DOT_PRECISION: tl.constexpr):
         """Program (row x head, split): the split-th of SPLITS equal parts of the row's filled keys
         (0 .. lengths[row] - 1) in BLOCK-key tiles, as a running softmax: its unnormalised output
-        [DIM], its running max and its sum of exponentials."""
+        [DIM], its running max and its sum of exponentials. METHOD (SPLIT_DECODE_METHODS) is how a
+        tile is reduced: "reduce" over its keys at once; "streams" keeps one running softmax per key
+        slot of the tile, reduced once at the end (no reduction across warps in the loop); "dot"
+        pads the query to 16 rows for tensor-core dots (in DOT_PRECISION: "ieee" for float32)."""
         row_head, split = tl.program_id(0), tl.program_id(1)
         row, head = row_head // HEADS, row_head % HEADS
         n = tl.load(lengths + row)
@@ -456,11 +460,24 @@ if triton is not None:
         start = split * per_split
         end = tl.minimum(n, start + per_split)
         dims = tl.arange(0, DIM)
-        q = tl.load(Q + row_head * DIM + dims).to(tl.float32) * scale
-        running_max = tl.full((), -1e30, tl.float32)  # finite: an empty split combines with weight 0
-        running_sum = tl.zeros((), tl.float32)
-        acc = tl.zeros((DIM,), tl.float32)
         base = row * stride_kb + head * stride_kh
+        # running maxima start finite: an empty split (or slot) combines with weight 0
+        if METHOD == 0:
+            q = tl.load(Q + row_head * DIM + dims).to(tl.float32) * scale
+            running_max = tl.full((), -1e30, tl.float32)
+            running_sum = tl.zeros((), tl.float32)
+            acc = tl.zeros((DIM,), tl.float32)
+        elif METHOD == 1:
+            q = tl.load(Q + row_head * DIM + dims).to(tl.float32) * scale
+            running_max = tl.full((BLOCK,), -1e30, tl.float32)
+            running_sum = tl.zeros((BLOCK,), tl.float32)
+            acc = tl.zeros((BLOCK, DIM), tl.float32)
+        else:
+            rows = tl.arange(0, 16)
+            q = tl.load(Q + row_head * DIM + rows[:, None] * 0 + dims[None, :], mask=rows[:, None] == 0, other=0.0)
+            running_max = tl.full((16,), -1e30, tl.float32)
+            running_sum = tl.zeros((16,), tl.float32)
+            acc = tl.zeros((16, DIM), tl.float32)
         for tile in range(start, end, BLOCK):
             keys = tile + tl.arange(0, BLOCK)
             valid = keys < end
@@ -468,13 +485,39 @@ if triton is not None:
             # both loads issued before any arithmetic: more bytes in flight per program
             k = tl.load(K + offsets, mask=valid[:, None], other=0.0)
             v = tl.load(V + offsets, mask=valid[:, None], other=0.0)
-            scores = tl.where(valid, tl.sum(k.to(tl.float32) * q[None, :], 1), float("-inf"))
-            new_max = tl.maximum(running_max, tl.max(scores, 0))
-            rescale = tl.exp(running_max - new_max)
-            weights = tl.exp(scores - new_max)
-            acc = acc * rescale + tl.sum(weights[:, None] * v.to(tl.float32), 0)
-            running_sum = running_sum * rescale + tl.sum(weights, 0)
+            if METHOD == 0:
+                scores = tl.where(valid, tl.sum(k.to(tl.float32) * q[None, :], 1), float("-inf"))
+                new_max = tl.maximum(running_max, tl.max(scores, 0))
+                rescale = tl.exp(running_max - new_max)
+                weights = tl.exp(scores - new_max)
+                acc = acc * rescale + tl.sum(weights[:, None] * v.to(tl.float32), 0)
+                running_sum = running_sum * rescale + tl.sum(weights, 0)
+            elif METHOD == 1:
+                scores = tl.where(valid, tl.sum(k.to(tl.float32) * q[None, :], 1), float("-inf"))
+                new_max = tl.maximum(running_max, scores)
+                rescale = tl.exp(running_max - new_max)
+                weights = tl.exp(scores - new_max)
+                acc = acc * rescale[:, None] + weights[:, None] * v.to(tl.float32)
+                running_sum = running_sum * rescale + weights
+            else:
+                scores = tl.where(valid[None, :], tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale, float("-inf"))
+                new_max = tl.maximum(running_max, tl.max(scores, 1))
+                rescale = tl.exp(running_max - new_max)
+                weights = tl.exp(scores - new_max[:, None])
+                acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v, input_precision=DOT_PRECISION)
+                running_sum = running_sum * rescale + tl.sum(weights, 1)
             running_max = new_max
+        if METHOD == 1:  # combine the key slots' running softmaxes
+            slot_max = running_max
+            running_max = tl.max(slot_max, 0)
+            slot_weights = tl.exp(slot_max - running_max)
+            acc = tl.sum(slot_weights[:, None] * acc, 0)
+            running_sum = tl.sum(slot_weights * running_sum, 0)
+        elif METHOD == 2:  # the query's row
+            first = rows == 0
+            acc = tl.sum(tl.where(first[:, None], acc, 0.0), 0)
+            running_max = tl.max(tl.where(first, running_max, -1e30), 0)
+            running_sum = tl.sum(tl.where(first, running_sum, 0.0), 0)
         out = row_head * SPLITS + split
         tl.store(acc_out + out * DIM + dims, acc)
         tl.store(max_out + out, running_max)
@@ -482,14 +525,15 @@ if triton is not None:
 
     @torch.library.triton_op("hrm_text::split_decode", mutates_args=())
     def _split_decode_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
-                         splits: int, block: int, num_warps: int) -> torch.Tensor:
+                         splits: int, block: int, num_warps: int, method: int) -> torch.Tensor:
         B, _, H, D = k.shape
         acc = torch.empty(B * H, splits, D, device=q.device, dtype=torch.float32)
         maxima = torch.empty(B * H, splits, device=q.device, dtype=torch.float32)
         sums = torch.empty_like(maxima)
         torch.library.wrap_triton(_split_decode_kernel)[(B * H, splits)](
             q, k, v, lengths, acc, maxima, sums, k.stride(0), k.stride(1), k.stride(2), D ** -0.5,
-            HEADS=H, DIM=D, SPLITS=splits, BLOCK=block, num_warps=num_warps)
+            HEADS=H, DIM=D, SPLITS=splits, BLOCK=block, METHOD=method,
+            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps)
         weights = torch.exp(maxima - maxima.amax(-1, keepdim=True))
         out = (acc * weights[..., None]).sum(1) / (sums * weights).sum(1)[:, None]
         return out.view(B, H, D).to(q.dtype)
@@ -497,11 +541,14 @@ if triton is not None:
 
 SPLIT_DECODE_BLOCK = 64  # keys per tile of the split decode kernel
 SPLIT_DECODE_WARPS = 4
+SPLIT_DECODE_METHODS = ("reduce", "streams", "dot")  # how the kernel reduces a tile (its docstring)
+SPLIT_DECODE_METHOD = "reduce"
 SPLIT_DECODE_KEYS = 256  # cache positions per split (at most 8 splits): the default split count
 
 
 def split_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
-                 splits: int | None = None, block: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+                 splits: int | None = None, block: int | None = None, num_warps: int | None = None,
+                 method: str | None = None) -> torch.Tensor:
     """One query per row over a cache k, v [B, T, H, D] (any strides but the last: the cache's own
     [B, T, H, D] storage or a [B, H, T, D] one transposed; k and v alike), row b seeing keys
     0 .. lengths[b] - 1: q [B, H, D] -> [B, H, D]. Each (row, head) is split into `splits` equal
@@ -512,7 +559,7 @@ def split_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: tor
         raise ValueError(f"split_decode: k and v need the same strides, dims contiguous; got {k.stride()}, {v.stride()}")
     splits = splits or max(1, min(8, k.shape[1] // SPLIT_DECODE_KEYS))
     return _split_decode_op(q.contiguous(), k, v, lengths, splits, block or SPLIT_DECODE_BLOCK,
-                            num_warps or SPLIT_DECODE_WARPS)
+                            num_warps or SPLIT_DECODE_WARPS, SPLIT_DECODE_METHODS.index(method or SPLIT_DECODE_METHOD))
 
 
 def split_decode_unavailable(device: torch.device | str, head_dim: int) -> str | None:

@@ -315,26 +315,28 @@ def _decode_case(device, B=6, H=4, T=640, D=128):
 
 @pytest.mark.skipif(A.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
                     reason="the split decode kernel on CPU needs triton's interpreter (TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("method", A.SPLIT_DECODE_METHODS)
 @pytest.mark.parametrize("splits,block,heads_outer", [(1, 64, False), (3, 64, False), (8, 32, False), (3, 128, True)])
-def test_split_decode_kernel_matches_dense_mask_in_triton_interpreter(splits, block, heads_outer):
+def test_split_decode_kernel_matches_dense_mask_in_triton_interpreter(splits, block, heads_outer, method):
     q, k, v, positions, want = _decode_case("cpu", T=320)
     if heads_outer:  # a [B, H, T, D] cache, passed as its [B, T, H, D] view
         k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (k, v))
-    got = A.split_decode(q[:, :, 0], k, v, (positions + 1).int(), splits, block)
+    got = A.split_decode(q[:, :, 0], k, v, (positions + 1).int(), splits, block, method=method)
     assert (got - want[:, :, 0]).abs().max() < 1e-4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("kind", ["split", "flex"])
-def test_cuda_decode_attention_matches_fp32_dense_mask(kind):
-    """KeyLengths (split) and decode_block_mask (flex) in bf16 against generation_mask + float32
-    sdpa, rows filled to different lengths."""
-    if kind == "split" and A.split_decode_unavailable("cuda", 128):
+@pytest.mark.parametrize("kind", [*(f"split-{m}" for m in A.SPLIT_DECODE_METHODS), "flex"])
+def test_cuda_decode_attention_matches_fp32_dense_mask(kind, monkeypatch):
+    """KeyLengths (split, each tile reduction) and decode_block_mask (flex) in bf16 against
+    generation_mask + float32 sdpa, rows filled to different lengths."""
+    if kind.startswith("split") and A.split_decode_unavailable("cuda", 128):
         pytest.skip(A.split_decode_unavailable("cuda", 128))
+    monkeypatch.setattr(A, "SPLIT_DECODE_METHOD", kind.removeprefix("split-"))
     q, k, v, positions, want = _decode_case(torch.device("cuda"))
     T = k.shape[1]
     kt, vt = k.transpose(1, 2), v.transpose(1, 2)
-    mask = A.KeyLengths((positions + 1).int()) if kind == "split" else A.decode_block_mask(positions, T)
+    mask = A.KeyLengths((positions + 1).int()) if kind.startswith("split") else A.decode_block_mask(positions, T)
     got = A.cached_attention(q.bfloat16(), kt.bfloat16(), vt.bfloat16(), mask)
     assert got.shape == want.shape
     assert ((got.float() - want).norm() / want.norm()) < 1e-2
