@@ -182,14 +182,15 @@ def roofline(args, engine, model, prompts, bandwidth, device) -> tuple[float, di
     head = weight_bytes(model.lm_head)
     kv_per_position = 2 * net.layers_per_call * arch.num_heads * arch.head_dim * model.lm_head.weight.element_size()
     step_times = {}
-    for keys, block, warps in args.split_decode:  # the split decode kernel beside the engine's default
+    for keys, block, warps, method in args.split_decode:  # the split decode kernel beside the engine's default
         attn_lib.SPLIT_DECODE_KEYS, attn_lib.SPLIT_DECODE_BLOCK, attn_lib.SPLIT_DECODE_WARPS = keys, block, warps
+        attn_lib.SPLIT_DECODE_METHOD = method
         split = SimpleEngine(model, engine.tokenizer, engine.context_len, decode_attention="split")
         cache_len = cache_length(max(len(p) for p in prompts) + args.max_new_tokens, args.context)
         per_step, _ = decode_step_time(split, prompts[:args.batch_size], cache_len, args.context,
                                        args.max_new_tokens, Sampling(), device)
-        print(f"roofline batch {args.batch_size:3}, decode attention split ({keys} cache positions per split, "
-              f"{block}-key tiles, {warps} warps): {per_step * 1e3:7.2f} ms/step", flush=True)
+        print(f"roofline batch {args.batch_size:3}, decode attention split ({method}, {keys} cache positions per "
+              f"split, {block}-key tiles, {warps} warps): {per_step * 1e3:7.2f} ms/step", flush=True)
     for batch in (args.batch_size, 1):
         steps = args.max_new_tokens - 1
         # the cache length the engine gives the generate run, so the compiled step is reused
@@ -319,6 +320,17 @@ def train_step_tokens_per_s(args) -> float:
     return float(row[5]) if row and len(row) > 5 else float("nan")
 
 
+def split_decode_settings(text: str) -> list[tuple[int, int, int, str]]:
+    settings = []
+    for item in text.split(","):
+        *numbers, method = item.split(":")
+        if len(numbers) != 3 or not all(n.isdigit() for n in numbers) or method not in attn_lib.SPLIT_DECODE_METHODS:
+            raise argparse.ArgumentTypeError(f"{item!r} is not KEYS:BLOCK:WARPS:METHOD with METHOD one of "
+                                             f"{', '.join(attn_lib.SPLIT_DECODE_METHODS)} (e.g. 256:64:4:reduce)")
+        settings.append((*map(int, numbers), method))
+    return settings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="L")
@@ -342,10 +354,10 @@ def main() -> None:
     parser.add_argument("--train-step", action="store_true",
                         help="prefill section: also run bench/train_throughput.py on the same model for the "
                              "training step's tokens/s")
-    parser.add_argument("--split-decode", type=lambda v: [tuple(map(int, c.split(":"))) for c in v.split(",")],
-                        default=[], help="roofline section: also time the split decode kernel under these settings, "
-                        "a comma list of KEYS:BLOCK:WARPS (cache positions per split, keys per tile, warps; "
-                        "bench/attention_check.py --decode sweeps them), e.g. 128:64:4,256:32:4")
+    parser.add_argument("--split-decode", type=split_decode_settings, default=[],
+                        help="roofline section: also time the split decode kernel under these settings, a comma "
+                        "list of KEYS:BLOCK:WARPS:METHOD (cache positions per split, keys per tile, warps, tile "
+                        "reduction; bench/attention_check.py --decode sweeps them), e.g. 128:64:4:reduce")
     parser.add_argument("--profile", action="store_true",
                         help="roofline section: also where the GPU time of a full batch's decode step goes")
     parser.add_argument("--cpu", action="store_true")
