@@ -358,6 +358,10 @@ def main() -> None:
                         help="roofline section: also time the split decode kernel under these settings, a comma "
                         "list of KEYS:BLOCK:WARPS:METHOD (cache positions per split, keys per tile, warps, tile "
                         "reduction; bench/attention_check.py --decode sweeps them), e.g. 128:64:4:reduce")
+    parser.add_argument("--gemm-autotune", action="store_true",
+                        help="compile the engine's stacks with inductor's matmul autotuning (max_autotune_gemm: "
+                             "Triton templates timed against cuBLAS per shape; slow to compile), to see whether "
+                             "the decode step's small-batch matmuls gain")
     parser.add_argument("--profile", action="store_true",
                         help="roofline section: also where the GPU time of a full batch's decode step goes")
     parser.add_argument("--cpu", action="store_true")
@@ -375,6 +379,10 @@ def main() -> None:
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     print_header(device)
+    if args.gemm_autotune:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.max_autotune_gemm = True
     rng = np.random.default_rng(0)
     if "check" in sections:
         check_fp32(args, device, rng)
