@@ -206,6 +206,8 @@ def decode_sweep(args, device):
              f"split, defaults ({A.SPLIT_DECODE_KEYS} cache positions per split)": A.KeyLengths(lengths)}
     kernels = {name: functools.partial(A.cached_attention, q, k.transpose(1, 2), v.transpose(1, 2), mask)
                for name, mask in masks.items()}
+    kernels["flex, [B,H,T,D] cache"] = functools.partial(A.cached_attention, q, *(x.transpose(1, 2) for x in heads_outer),
+                                                         masks["flex"])
     layouts = {"[B,T,H,D]": (k, v), **({"[B,H,T,D]": heads_outer} if args.decode_layouts else {})}
     for method, splits, block, warps, layout in itertools.product(
             args.decode_methods, args.decode_splits, args.decode_blocks, args.decode_warps, layouts):
@@ -243,7 +245,7 @@ def main():
     parser.add_argument("--decode-methods", type=lambda v: v.split(","), default=list(A.SPLIT_DECODE_METHODS),
                         help=f"--decode: split kernel tile reductions, of {','.join(A.SPLIT_DECODE_METHODS)}")
     parser.add_argument("--decode-layouts", action="store_true",
-                        help="--decode: also time the split kernel over a [B, H, T, D] cache")
+                        help="--decode: also time each split kernel setting over a [B, H, T, D] cache (flex always is)")
     parser.add_argument("--backends", default=None, help="comma list to check and time (default: every available one)")
     parser.add_argument("--batches", default="realistic,full,degenerate",
                         help="comma list of the batches to run: realistic (L=16384 mix), full (2 x 4096), degenerate "
