@@ -2,8 +2,9 @@
 reference, which is itself checked against an explicit per-(query, key) loop."""
 
 import math
-
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -313,8 +314,20 @@ def _decode_case(device, B=6, H=4, T=640, D=128):
     return q, k, v, positions, want
 
 
+@pytest.mark.skipif(A.triton is None, reason="needs triton")
+def test_split_decode_kernel_in_triton_interpreter():
+    """The split kernel's checks below, on CPU tensors in a process running triton's interpreter
+    (TRITON_INTERPRET must be set before triton loads, so not in this one)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("this process runs them itself")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                           "split_decode_kernel_matches_dense_mask"], env={**os.environ, "TRITON_INTERPRET": "1"},
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-4000:]
+
+
 @pytest.mark.skipif(A.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
-                    reason="the split decode kernel on CPU needs triton's interpreter (TRITON_INTERPRET=1)")
+                    reason="run by test_split_decode_kernel_in_triton_interpreter (TRITON_INTERPRET=1)")
 @pytest.mark.parametrize("method", A.SPLIT_DECODE_METHODS)
 @pytest.mark.parametrize("splits,block,heads_outer", [(1, 64, False), (3, 64, False), (8, 32, False), (3, 128, True)])
 def test_split_decode_kernel_matches_dense_mask_in_triton_interpreter(splits, block, heads_outer, method):
