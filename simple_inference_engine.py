@@ -90,9 +90,9 @@ class SimpleEngine:
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
         available = attn_lib.available_backends(self.device)
         dtype = model.lm_head.weight.dtype
+        if decode_attention is None:  # the fastest measured (bench/README.md); split is opt-in until measured
+            decode_attention = "flex" if "flex" in available else "dense"
         split_unavailable = attn_lib.split_decode_unavailable(self.device, model.arch.head_dim)
-        if decode_attention is None:  # fastest first (bench/README.md, generation_throughput.py)
-            decode_attention = "flex" if "flex" in available else "split" if split_unavailable is None else "dense"
         if decode_attention == "split" and split_unavailable:
             raise ValueError(f"decode_attention='split' is unavailable: {split_unavailable}; use 'flex' or 'dense'")
         self.decode_attention = decode_attention
@@ -283,12 +283,20 @@ class SimpleEngine:
                  top_p: float = 1.0, min_p: float = 0.0, progress: bool = True) -> list[list[str]]:
         """The evaluation protocol: `num_samples` decoded generations per prompt."""
         encoded = [self.encode_prompt(p, condition) for p in prompts]
-        # greedy samples are all alike: decode one and repeat it
-        decoded = 1 if Sampling(temperature, top_k, top_p, min_p, seed).greedy else num_samples
-        outputs = self.generate_ids(encoded, max_new_tokens, temperature, batch_size, seed, num_samples=decoded,
-                                    top_k=top_k, top_p=top_p, min_p=min_p, progress=progress)
+        outputs = self.sample_ids(encoded, max_new_tokens, temperature, num_samples, batch_size, seed,
+                                  top_k=top_k, top_p=top_p, min_p=min_p, progress=progress)
         texts = [self.tokenizer.decode(ids) for ids in outputs]
-        return [texts[i * decoded:(i + 1) * decoded] * (num_samples // decoded) for i in range(len(prompts))]
+        return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
+
+    def sample_ids(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, num_samples: int,
+                   batch_size: int | str, seed: int = 0, context_len: int | None = None, top_k: int = 0,
+                   top_p: float = 1.0, min_p: float = 0.0, progress: bool = True) -> list[list[int]]:
+        """`generate_ids` of `num_samples` samples per prompt, where greedy samples, all alike, are
+        decoded once and repeated."""
+        decoded = 1 if Sampling(temperature, top_k, top_p, min_p, seed).greedy else num_samples
+        outputs = self.generate_ids(prompts, max_new_tokens, temperature, batch_size, seed, context_len=context_len,
+                                    num_samples=decoded, top_k=top_k, top_p=top_p, min_p=min_p, progress=progress)
+        return [list(ids) for ids in outputs for _ in range(num_samples // decoded)]
 
 
 def cache_length(tokens: int, context_len: int) -> int:

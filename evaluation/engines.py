@@ -101,8 +101,8 @@ class NativeEngine:
         # The native cache holds max_context positions; it may produce one token more than the
         # budget when the context fills up, which `finish` cuts. The samples of a prompt share
         # one prefill (outputs are prompt-major, as `repeated`).
-        outputs = self.engine.generate_ids(encoded, max_new_tokens, temperature, batch_size, seed,
-                                           context_len=max_context, num_samples=num_samples)
+        outputs = self.engine.sample_ids(encoded, max_new_tokens, temperature, num_samples, batch_size, seed,
+                                         context_len=max_context)
         decode = self.engine.tokenizer.decode
         texts = [finish(len(p), out, self.engine.eoa, max_new_tokens, max_context, decode)
                  for p, out in zip(repeated, outputs)]

@@ -39,12 +39,17 @@ class DecodeBatch:
         self.max_new_tokens, self.eoa, self.sampling = max_new_tokens, eoa, sampling
         self.decode_attention = decode_attention
         self.cache = model.new_kv_cache(batch_size, cache_len)
-        self.stop_ids = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+        if any(not 0 <= i < model.vocab_size for i in stop_ids):
+            raise ValueError(f"stop_ids {sorted(stop_ids)}: each must be a token id in [0, {model.vocab_size})")
+        # a lookup table, not torch.isin: with many ids isin sorts on the GPU and waits for it,
+        # which a CUDA graph cannot capture
+        self.is_stop = torch.zeros(model.vocab_size, dtype=torch.bool, device=device)
+        self.is_stop[list(stop_ids)] = True
 
         def zeros(*shape, dtype=torch.long):
             return torch.zeros(*shape, dtype=dtype, device=device)
 
-        self.tokens, self.positions, self.prompt_lens = zeros(batch_size), zeros(batch_size), zeros(batch_size)
+        self.tokens, self.positions = zeros(batch_size), zeros(batch_size)
         self.sequences = zeros(batch_size)  # the sequence's index in the request (sampling noise)
         self.generated = zeros(batch_size)
         self.out = zeros(batch_size, max_new_tokens)
@@ -57,12 +62,15 @@ class DecodeBatch:
     @torch.no_grad()
     def step(self) -> None:
         positions = self.positions[:, None]
+        # Every query is past its prompt, so it sees the keys up to itself; a free or finished row
+        # (its output unused) reads one key, not the whole cache it had filled.
+        last_key = torch.where(self.active, self.positions, 0)
         if self.decode_attention == "split":
-            mask = attn_lib.KeyLengths((self.positions + 1).int())
+            mask = attn_lib.KeyLengths((last_key + 1).int())
         elif self.decode_attention == "flex":
-            mask = attn_lib.decode_block_mask(self.positions, self.cache_len)
+            mask = attn_lib.decode_block_mask(last_key, self.cache_len)
         else:
-            mask = attn_lib.generation_mask(positions, self.prompt_lens, self.cache_len)
+            mask = attn_lib.generation_mask(last_key[:, None], torch.zeros_like(last_key), self.cache_len)
         logits = self.model(self.tokens[:, None], positions, CachedContext(self.cache, positions, mask))[:, -1]
         chosen = choose_tokens(logits, self.sampling, self.sequences, self.generated)
         self._record(chosen, self.positions + 1, self.active)
@@ -72,7 +80,7 @@ class DecodeBatch:
         `next_positions` is where chosen would be fed next."""
         ended = chosen == self.eoa
         keep = rows & self.active & ~ended
-        stop = torch.isin(chosen, self.stop_ids) if len(self.stop_ids) else torch.zeros_like(keep)
+        stop = self.is_stop[chosen]
         at = self.generated.clamp(max=self.max_new_tokens - 1)[:, None]
         self.out.scatter_(1, at, torch.where(keep, chosen, self.out.gather(1, at)[:, 0])[:, None])
         self.generated += keep
@@ -123,7 +131,6 @@ class DecodeBatch:
                                                 pad_position=self.cache_len - 1)
         token_rows = torch.tensor([r[0] for r, n in zip(rows, lengths) for _ in range(n)]
                                   + [rows[0][0]] * (len(ids) - sum(lengths)), device=device)
-        prompt_lens = torch.tensor([len(p) for p in prompts], device=device)
         ctx = PackedContext(layout, self.cache, token_rows, token_positions)
         hidden = self.model.hidden_states(ids[None], token_positions[None], ctx)[0]
         logits = self.model.lm_head(hidden[cu[1:len(prompts) + 1].long() - 1])  # each prompt's last token
@@ -139,8 +146,7 @@ class DecodeBatch:
         fed_lens = torch.repeat_interleave(torch.tensor(lengths, device=device), per_prompt)
 
         admitted = torch.zeros_like(self.active).index_fill(0, flat_rows, True)
-        for state, value in ((self.prompt_lens, torch.repeat_interleave(prompt_lens, per_prompt)),
-                             (self.positions, fed_lens), (self.sequences, seqs),
+        for state, value in ((self.positions, fed_lens), (self.sequences, seqs),
                              (self.generated, torch.zeros_like(seqs))):
             state.index_copy_(0, flat_rows, value)
         self.active |= admitted

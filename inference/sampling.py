@@ -48,13 +48,19 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
+def unit_interval(bits: torch.Tensor) -> torch.Tensor:
+    """32-bit hashes (int64 tensors < 2^32) -> float32 in (0, 1), the ends excluded: the top 23 bits,
+    centred in their step. 24 bits would put the largest at 1 - 2^-25, which float32 rounds to 1,
+    where the Gumbel noise -log(-log(u)) is infinite and its token wins whatever its logit."""
+    return ((bits >> 9).float() + 0.5) / (1 << 23)
+
+
 def uniform_noise(seed: int, sequences: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
     """Uniform numbers in (0, 1), [B, vocab] float32, a pure function of (seed, sequences[b],
     steps[b], token)."""
     row = _mix32(_mix32(_mix32(torch.full_like(sequences, seed)) ^ sequences) ^ steps)  # [B]
     tokens = torch.arange(vocab, device=sequences.device, dtype=torch.int64)
-    bits = _mix32(row[:, None] ^ (tokens * 0x9E3779B1 & _MASK32))
-    return ((bits >> 8).float() + 0.5) / (1 << 24)
+    return unit_interval(_mix32(row[:, None] ^ (tokens * 0x9E3779B1 & _MASK32)))
 
 
 def filtered_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:

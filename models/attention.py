@@ -460,7 +460,7 @@ if triton is not None:
         start = split * per_split
         end = tl.minimum(n, start + per_split)
         dims = tl.arange(0, DIM)
-        base = row * stride_kb + head * stride_kh
+        base = row.to(tl.int64) * stride_kb + head * stride_kh  # a layer's cache may exceed 2^31 elements
         # running maxima start finite: an empty split (or slot) combines with weight 0
         if METHOD == 0:
             q = tl.load(Q + row_head * DIM + dims).to(tl.float32) * scale
@@ -551,7 +551,7 @@ def split_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: tor
                  method: str | None = None) -> torch.Tensor:
     """One query per row over a cache k, v [B, T, H, D] (any strides but the last: the cache's own
     [B, T, H, D] storage or a [B, H, T, D] one transposed; k and v alike), row b seeing keys
-    0 .. lengths[b] - 1: q [B, H, D] -> [B, H, D]. Each (row, head) is split into `splits` equal
+    0 .. lengths[b] - 1 (lengths >= 1): q [B, H, D] -> [B, H, D]. Each (row, head) is split into `splits` equal
     parts of its *filled* keys (flash decoding balanced on the row's length, where flex splits the
     cache's whole length), combined by their softmax statistics. Unset knobs take the SPLIT_DECODE_
     defaults, read at call time (bench/attention_check.py --decode sweeps them)."""

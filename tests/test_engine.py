@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from inference.sampling import Sampling, choose_tokens, filtered_logits
+from inference.sampling import Sampling, choose_tokens, filtered_logits, unit_interval
 from models import attention as attn_lib
 from models.layers import PackedContext
 from simple_inference_engine import SimpleEngine, cache_length, prefill_bucket
@@ -97,6 +97,18 @@ def test_sampling_is_seeded_and_independent_of_the_batch(engine):
     assert all(len(set(t)) == 1 and len(t) == 3 for t in texts)
 
 
+def test_greedy_samples_are_decoded_once_in_evaluation(engine):
+    """Greedy majority voting (num_samples > 1 at temperature 0) decodes each prompt once: the
+    sequences that end are as many as the prompts, the samples the greedy generation repeated."""
+    from evaluation.engines import NativeEngine
+
+    greedy = engine.generate(list(PROBLEMS[:2]), "direct", 6, progress=False)
+    before = engine.stats.stopped_at_eoa + engine.stats.hit_token_limit
+    texts = NativeEngine(engine).generate(list(PROBLEMS[:2]), "direct", 6, 0.0, num_samples=4, batch_size=8)
+    assert engine.stats.stopped_at_eoa + engine.stats.hit_token_limit - before == 2
+    assert texts == [g * 4 for g in greedy]
+
+
 def test_filters_match_hand_computation():
     probs = torch.tensor([[0.5, 0.25, 0.15, 0.06, 0.04]])
     logits = probs.log()
@@ -124,6 +136,16 @@ def test_draws_follow_the_distribution():
     # step and sequence both change the draw
     again = choose_tokens(logits, Sampling(1.0, seed=3), torch.arange(n), torch.ones(n, dtype=torch.long))
     assert 0.3 < (again != tokens).float().mean() < 0.9
+
+
+def test_noise_of_the_extreme_hashes_keeps_filtered_tokens_out():
+    """The largest and smallest 32-bit hashes map strictly inside (0, 1), so their Gumbel noise is
+    finite: a token filtered to -inf (top-k) never wins, whatever hash its draw gets."""
+    u = unit_interval(torch.tensor([0, 1, (1 << 32) - 2, (1 << 32) - 1]))
+    assert ((u > 0) & (u < 1)).all() and torch.isfinite(torch.log(-torch.log(u))).all()
+    logits = torch.tensor([[5.0, 4.0, -1.0]])
+    noisy = filtered_logits(logits, Sampling(1.0, top_k=2)) - torch.log(-torch.log(u[[0, 3, 3]]))[None]
+    assert noisy.argmax(-1).item() in (0, 1)
 
 
 def test_batch_size_auto_and_bad_values(engine):

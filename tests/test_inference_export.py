@@ -199,9 +199,14 @@ def test_generation_continues_a_response_prefix_and_stops_at_stop_ids(engine):
             assert rest == [g[k:] for g in full]
         stop = full[0][3]
         stopped = engine.generate_ids(prompts, max_new_tokens=10, batch_size=2, stop_ids={stop})
+        # many stop ids (a delimiter's every token in a real vocabulary), none of the others generated
+        unused = set(range(engine.model.vocab_size)) - {t for g in full for t in g}
+        many = engine.generate_ids(prompts, max_new_tokens=10, batch_size=2, stop_ids={stop, *sorted(unused)[:200]})
+        with pytest.raises(ValueError, match="stop_ids"):
+            engine.generate_ids(prompts, max_new_tokens=10, batch_size=2, stop_ids={engine.model.vocab_size})
     finally:
         hook.remove()
-    assert stopped == [g[:g.index(stop) + 1] if stop in g else g for g in full]
+    assert stopped == many == [g[:g.index(stop) + 1] if stop in g else g for g in full]
     assert len(stopped[0]) <= 4
 
 
