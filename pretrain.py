@@ -254,7 +254,7 @@ def log_window(run: Run, window: MetricsWindow, logger: MetricsLogger | None, ba
 
 def train(run: Run, d: Dist, logger: MetricsLogger | None) -> None:
     cfg, dataset = run.cfg, run.dataset
-    window, stop = MetricsWindow(d.device, d.world_size), StopRequest(d.device)
+    window, stop = MetricsWindow(d.device, d.world_size), StopRequest(d.device, announce=d.is_main)
     bar = tqdm(total=run.last_step, initial=run.step, desc="train", disable=not d.is_main, dynamic_ncols=True)
     first_step = run.step + 1
     run.model.train()
@@ -289,7 +289,8 @@ def train(run: Run, d: Dist, logger: MetricsLogger | None) -> None:
             if name is None:  # a checkpoint of this step was just written
                 save(run, f"step_{run.step}", d)
             if d.is_main:
-                print(f"SIGTERM: checkpoint written at step {run.step}; exiting", flush=True)
+                print(f"{stop.signal or 'stop requested on another rank'}: checkpoint written at step {run.step}; "
+                      "exiting", flush=True)
             break
     bar.close()
 
@@ -322,6 +323,10 @@ def launch(cfg: TrainConfig) -> None:
         if problem is None:
             raise
         fail(f"{problem}; free space or choose a writable checkpoint_path")
+    except KeyboardInterrupt:  # Ctrl-C before training began, or a second one during it
+        print("pretrain.py: interrupted; the steps since the last complete checkpoint are not saved",
+              file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     finally:
         dist.destroy_process_group()
 

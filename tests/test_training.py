@@ -295,6 +295,35 @@ def test_sigterm_writes_a_checkpoint_and_exits_zero(mixed_lengths, tmp_path):
     assert done and ckpt.read_trainer_state(done[-1])["step"] == max(losses(run)) < 40
 
 
+def test_ctrl_c_writes_a_checkpoint_and_a_second_one_aborts(mixed_lengths, tmp_path):
+    run = tmp_path / "run"
+    common = [f"data.path={mixed_lengths}", "global_batch_size=256", "checkpoint_every_steps=null"]
+    proc = pretrain([*common, f"checkpoint_path={run}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: (run / "metrics.jsonl").exists() and len(losses(run)) >= 2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "SIGINT: checkpoint written at step" in out and "KeyboardInterrupt" not in out
+    done = ckpt.complete_checkpoints(run)
+    assert done and ckpt.read_trainer_state(done[-1])["step"] == max(losses(run)) < 40
+
+
+def test_a_second_ctrl_c_aborts_at_once(one_rank_group):
+    from training.trainer import StopRequest
+
+    stop = StopRequest(torch.device("cpu"), announce=False)
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # the first: a request, agreed on LAG steps later
+        assert stop.signal == "SIGINT"
+        assert [stop.agreed() for _ in range(StopRequest.LAG + 1)] == [False] * StopRequest.LAG + [True]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs before this returns
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def test_non_finite_loss_stops_naming_the_step(mixed_lengths, tmp_path):
     # AdamATan2 moves each weight by about lr per step: lr=1e30 overflows at once
     result = pretrain([f"data.path={mixed_lengths}", "global_batch_size=256", "lr=1e30", "lr_warmup_steps=0",

@@ -112,21 +112,33 @@ def checkpoint_name(step: int, last_step: int, epoch_ended: bool, epoch: int, ep
 
 
 class StopRequest:
-    """SIGTERM (e.g. a scheduler's preemption) asks for a checkpoint and a clean exit, acted on
-    within a few steps whatever the log interval: every step the ranks sum their flags, and the
-    sum is read LAG steps later. By then the device has long computed it, so reading it never
-    stalls the host, and every rank reads the same sum at the same step."""
+    """SIGTERM (e.g. a scheduler's preemption) or Ctrl-C (SIGINT) asks for a checkpoint and a clean
+    exit, acted on within a few steps whatever the log interval: every step the ranks sum their
+    flags, and the sum is read LAG steps later. By then the device has long computed it, so reading
+    it never stalls the host, and every rank reads the same sum at the same step. A second Ctrl-C
+    aborts at once (KeyboardInterrupt), without the checkpoint. Under torchrun each rank gets one
+    SIGINT per Ctrl-C: torchrun forwards it to workers it started in sessions of their own."""
 
     LAG = 2
 
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.requested = False
+    def __init__(self, device: torch.device, announce: bool):
+        self.device, self.announce = device, announce
+        self.signal: str | None = None  # the name of the first stop signal received
         self.sums: deque = deque()  # (host copy of a step's sum, event marking it ready)
         signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C aborts
+            if self.announce:
+                print("\nCtrl-C: writing a checkpoint of this step, then exiting (Ctrl-C again aborts without one)",
+                      flush=True)
+        self.signal = self.signal or signal.Signals(signum).name
 
     def agreed(self) -> bool:
         """Collective, called every step: whether any rank had been asked to stop LAG steps ago."""
