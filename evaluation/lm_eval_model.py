@@ -14,10 +14,12 @@ for a temperature) and cuts the text at the first `until` string; `loglikelihood
 continuation in one packed forward per batch. model_args: ckpt_path (a training run) or
 pretrained (an export: the Transformers engine, token_type_ids over the prompt), ckpt_epoch,
 use_ema, condition (default direct; "synth+cot" for several), max_context (default: the model's
-context); batch_size and device come from lm-eval's --batch_size and --device.
+context); batch_size and device come from lm-eval's --batch_size and --device (cpu where no CUDA
+device exists and none is given).
 """
 
 import itertools
+import sys
 
 import torch
 from lm_eval.api.model import LM
@@ -150,9 +152,23 @@ class HrmTextLM(LM):
                                   "over plain text is not defined for it")
 
 
+def command_line(argv: list[str], cuda: bool) -> list[str]:
+    """lm-eval's arguments, with `--device cpu` added where no CUDA device exists and none was
+    asked for (lm-eval's default device, cuda:0, would stop the run)."""
+    if cuda or any(arg == "--device" or arg.startswith("--device=") for arg in argv):
+        return argv
+    return [*argv, "--device", "cpu"]
+
+
 def main() -> None:
     from lm_eval.__main__ import cli_evaluate
 
+    if {"-h", "--help"} & set(sys.argv[1:]):  # lm-eval's help follows, which does not know hrm_text
+        print(__doc__)
+    argv = command_line(sys.argv[1:], torch.cuda.is_available())
+    if argv != sys.argv[1:]:
+        print("[hrm_text] no CUDA device: running with --device cpu", file=sys.stderr)
+    sys.argv[1:] = argv
     cli_evaluate()
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from evaluation.engines import NativeEngine
-from evaluation.lm_eval_model import HrmTextLM
+from evaluation.lm_eval_model import HrmTextLM, command_line
 from simple_inference_engine import SimpleEngine, heldout_accuracy
 from training.run_dir import load_run
 
@@ -76,6 +76,14 @@ def test_cli_on_a_custom_task_agrees_item_for_item_with_the_native_harness(demo_
     assert verdicts == [float(texts[0].strip() == r["response"].strip()) for texts, r in zip(own, rows)]
     assert 0 < sum(verdicts) < len(rows)
     assert results["exact_match,none"] == pytest.approx(heldout_accuracy(native, rows, batch_size=8))
+
+
+def test_the_command_line_runs_on_cpu_where_no_cuda_device_exists():
+    args = ["--model", "hrm_text", "--model_args", "ckpt_path=RUN", "--tasks", "gsm8k"]
+    assert command_line(args, cuda=False) == [*args, "--device", "cpu"]
+    assert command_line(args, cuda=True) == args
+    for asked in (["--device", "cuda:1"], ["--device=cpu"]):  # what the user asked for stands
+        assert command_line(args + asked, cuda=False) == args + asked
 
 
 def test_model_args_that_lm_evals_own_flags_also_pass_are_refused_by_name():
