@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # CPU-only machines get the CPU build of torch; with a GPU, pip's default (CUDA) build.
 TORCH_CPU_SPEC ?= torch==2.13.0
-# CPU-only machines test the Triton kernels in triton's interpreter (a CUDA torch brings its own triton)
+# CPU-only machines test the Triton kernels in triton's interpreter (a CUDA torch brings its own
+# triton): installed into .triton/, which only that test puts on its path
 TRITON_CPU_SPEC ?= triton==3.9.0
 DEMO_DIR ?= demo_data
 DEMO_RUN ?= runs/demo
@@ -42,7 +43,7 @@ ttc-demo: setup
 	$(PY) -m evaluation.search.demo --run $(TTC_DIR)/model --heldout $(TTC_DIR)/data/heldout.jsonl --out $(TTC_DIR) $(TTC_ARGS)
 
 test: setup
-	command -v nvidia-smi >/dev/null 2>&1 || $(PY) -m pip install -q "$(TRITON_CPU_SPEC)"
+	command -v nvidia-smi >/dev/null 2>&1 || test -d .triton || $(PY) -m pip install -q --target .triton "$(TRITON_CPU_SPEC)"
 	$(PY) -m pytest -q tests
 
 bench: setup
