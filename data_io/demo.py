@@ -1,4 +1,4 @@
-"""Build the embedded demo corpus and run it through train_tokenizer -> tokenize -> sample_tokenized.
+r"""Build the embedded demo corpus and run it through train_tokenizer -> tokenize -> sample_tokenized.
 
     python -m data_io.demo --out demo_data
 
@@ -121,6 +121,10 @@ def main(argv=None):
     parser.add_argument("--special-tokens", choices=("ours", "data_io"), default="ours",
                         help="the tokenizer's special tokens: ours (<|boq|> ...) or data_io's (<|im_start|> ...)")
     args = parser.parse_args(argv)
+    for flag, value, least in (("--train-size", args.train_size, 1), ("--heldout-size", args.heldout_size, 0),
+                               ("--epochs", args.epochs, 1)):
+        if value < least:
+            parser.error(f"{flag} {value}: must be >= {least}")
     try:
         build_demo(args.out, args.train_size, args.heldout_size, args.seed, args.epochs, args.context_size,
                    args.vocab_size, args.task,

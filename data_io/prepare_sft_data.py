@@ -31,8 +31,12 @@ def prepare_sft_data(train: str, tokenizer: str, output: str, epochs: int, seed:
                      context_size: int = 4096 + 1, conditions: list[str] | None = None,
                      specials: dict | None = None) -> Path:
     train_file, out = Path(train), Path(output)
+    if not train_file.exists():
+        raise DataError(f"--train {train}: no such file")
     if not train_file.is_file() or train_file.suffix != ".jsonl":
         raise DataError(f"--train {train}: not a .jsonl file")
+    if epochs < 1:
+        raise DataError(f"--epochs {epochs}: must be >= 1 (the training run's epochs)")
     specials = dict(specials or {})
     folder = Path(tokenizer) if Path(tokenizer).is_dir() else Path(tokenizer).parent
     info_file = folder / "tokenizer_info.json"
@@ -45,6 +49,8 @@ def prepare_sft_data(train: str, tokenizer: str, output: str, epochs: int, seed:
         folder = Path(tmp) / train_file.name
         inst_len, resp_len = (np.load(folder / f"{k}.npy") for k in ("inst_len", "resp_len"))
         kept = resp_len >= 2  # an empty response is eoa alone
+        if not kept.any():
+            raise DataError(f"--train {train}: no row with a non-empty response ({len(kept)} rows read)")
         too_long = np.flatnonzero(kept & (inst_len + resp_len > context_size))
         if len(too_long):
             k = int(too_long[0])

@@ -163,7 +163,11 @@ def _load_hf(path: Path, specials: dict | None) -> TextTokenizer:
     if not file.is_file():
         raise DataError(f"{file}: no tokenizer.json there; train one with "
                          "`python -m data_io.train_tokenizer`, or pass --tokenizer tiktoken:NAME")
-    tok = Tokenizer.from_file(str(file))
+    try:
+        tok = Tokenizer.from_file(str(file))
+    except Exception as err:  # the library's own parse error, e.g. "EOF while parsing"
+        raise DataError(f"{file}: not a tokenizer.json the tokenizers library can read ({err}); train one with "
+                        "`python -m data_io.train_tokenizer`") from None
     # A row's text is text: "<|eoa|>" written in it must not become the eoa token (tiktoken's
     # encode_ordinary behaves so too); the structure and condition tokens are inserted by id.
     tok.encode_special_tokens = True

@@ -55,10 +55,13 @@ def train_tokenizer(inputs: list[str], out_dir: str, vocab_size: int = 65536,
     sources = find_sources(inputs)
     rules = load_rules(prefix_config)
     seen_conditions: set[str] = set()
+    rows_read = 0
 
     def documents(file: Path, name: str):
+        nonlocal rows_read
         for _, instruction, response, conds in tqdm(read_rows(file), total=count_lines(file),
                                                  desc=f"reading {name}", unit="row"):
+            rows_read += 1
             seen_conditions.update(conds)
             yield instruction[:truncate_len]
             yield response[:truncate_len]
@@ -76,6 +79,10 @@ def train_tokenizer(inputs: list[str], out_dir: str, vocab_size: int = 65536,
             yield from docs
 
     specials = list(special_tokens or [*(DEFAULT_SPECIALS[r] for r in ROLES), *map(condition_token, conditions)])
+    alphabet = pre_tokenizers.ByteLevel.alphabet()  # every byte stays encodable
+    if vocab_size < len(alphabet) + len(specials):
+        raise DataError(f"--vocab-size {vocab_size} is below the byte alphabet ({len(alphabet)}) plus the "
+                        f"{len(specials)} special tokens: give at least {len(alphabet) + len(specials)}")
     byte_level = dict(add_prefix_space=False, trim_offsets=False, use_regex=False)
     tok = Tokenizer(models.BPE() if tokenizer_type == "bpe" else models.Unigram())
     tok.normalizer = normalizers.NFC()
@@ -83,7 +90,6 @@ def train_tokenizer(inputs: list[str], out_dir: str, vocab_size: int = 65536,
                                                  pre_tokenizers.ByteLevel(**byte_level)])
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     tok.decoder = decoders.ByteLevel()
-    alphabet = pre_tokenizers.ByteLevel.alphabet()  # every byte stays encodable
     if tokenizer_type == "bpe":
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
                                       show_progress=True, initial_alphabet=alphabet)
@@ -91,6 +97,8 @@ def train_tokenizer(inputs: list[str], out_dir: str, vocab_size: int = 65536,
         trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=True,
                                           initial_alphabet=alphabet)
     tok.train_from_iterator(texts(), trainer)
+    if not rows_read:
+        raise DataError(f"no rows in {', '.join(inputs)}: a tokenizer needs text to learn from")
     extra = sorted(c for c in seen_conditions - set(conditions) if condition_token(c) not in specials)
     if extra:  # conditions used by the rows but not listed get their tokens too
         tok.add_special_tokens([condition_token(c) for c in extra])

@@ -217,6 +217,31 @@ def test_bad_rows_named_with_line(tmp_path, tokenized):
             tokenize([str(bad / "x.jsonl")], str(tok_file), str(tmp_path / "o"))
 
 
+def test_bad_tool_inputs_named_before_any_work(tmp_path, corpus, tokenized):
+    root, _ = corpus
+    _, tok_file = tokenized
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(DataError, match=r"bad.json: not a tokenizer.json the tokenizers library can read"):
+        tokenize([str(root)], str(tmp_path / "bad.json"), str(tmp_path / "o"))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"no rows in .*empty.jsonl"):
+        train_tokenizer([str(tmp_path / "empty.jsonl")], str(tmp_path / "tok_empty"))
+    assert not (tmp_path / "tok_empty" / "tokenizer.json").exists()
+    with pytest.raises(DataError, match=r"--vocab-size 10 is below .* give at least 264"):  # 256 bytes + 8 specials
+        train_tokenizer([str(root)], str(tmp_path / "tok_small"), vocab_size=10)
+    sft = lambda train, epochs=1: prepare_sft_data.prepare_sft_data(  # noqa: E731
+        str(train), str(tok_file), str(tmp_path / "sft"), epochs)
+    with pytest.raises(DataError, match=r"missing.jsonl: no such file"):
+        sft(tmp_path / "missing.jsonl")
+    (tmp_path / "r.jsonl").write_text(json.dumps({"instruction": "a", "response": ""}) + "\n")
+    with pytest.raises(DataError, match=r"--epochs 0: must be >= 1"):
+        sft(tmp_path / "r.jsonl", epochs=0)
+    with pytest.raises(DataError, match=r"r.jsonl: no row with a non-empty response \(1 rows read\)"):
+        sft(tmp_path / "r.jsonl")
+    with pytest.raises(SystemExit):
+        demo.main(["--out", str(tmp_path / "demo"), "--train-size", "0"])
+
+
 def test_unlisted_conditions_past_the_vocab_size_are_reported(tmp_path, corpus, capsys):
     root, _ = corpus  # its rows use cot and synth
     tok_file = train_tokenizer([str(root)], str(tmp_path / "tok"), vocab_size=300, conditions=["direct"])
