@@ -71,6 +71,8 @@ class SimpleEngine:
     which sequences ended; `prefill_tokens`: prompt tokens per packed prefill chunk (at least one
     prompt); `decode_attention`: see inference/decode.py (default: the fastest available)."""
 
+    checkpoint: Path | None = None  # the checkpoint folder from_checkpoint loaded
+
     def __init__(self, model: LanguageModel, tokenizer: TextTokenizer, context_len: int, compile: bool | None = None,
                  cuda_graphs: bool | None = None, steps_per_check: int = 8, prefill_tokens: int | None = None,
                  prefill_backend: str | None = None, decode_attention: str | None = None):
@@ -111,10 +113,12 @@ class SimpleEngine:
         """The run's weights in `dtype`: by default bfloat16 on CUDA (the training's forward
         precision; half the bytes a decode step moves) and float32 on CPU."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, tokenizer, context_len, _ = load_run(ckpt_path, ckpt_epoch, use_ema=use_ema,
-                                                    arch_override=arch_override, device=device)
+        model, tokenizer, context_len, checkpoint = load_run(ckpt_path, ckpt_epoch, use_ema=use_ema,
+                                                             arch_override=arch_override, device=device)
         model.to(dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32))
-        return cls(model, tokenizer, context_len)
+        engine = cls(model, tokenizer, context_len)
+        engine.checkpoint = checkpoint
+        return engine
 
     # -- prompts --------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Benchmark a checkpoint: python -m evaluation.main ckpt_path=... [key=value ...] (--help for the keys)."""
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from evaluation.benchmarks import ALIASES, BENCHMARKS, Benchmark, canonical_name
 from evaluation.engines import Engine, Generation, build_engine, require_known_condition
 from evaluation.search.benchmarks import load_verifier, search_responses
+from training.checkpoint import has_trainer_state, read_trainer_state
 from training.distributed import set_cpu_threads
 
 DEFAULT_CONFIG = Path(__file__).parent / "config" / "default.yaml"
@@ -191,15 +193,61 @@ def format_table(results: dict[str, dict]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
 
 
+def results_path(cfg: DictConfig) -> Path:
+    return Path(cfg.results_path or Path(cfg.ckpt_path) / "eval_results.json")
+
+
+def read_results(path: Path) -> dict:
+    """The benchmarks' entries already in `path` ({} if there is none yet). A file that is not
+    a results file is refused rather than overwritten."""
+    if not path.exists():
+        return {}
+    try:
+        results = json.loads(path.read_text())["results"]
+        if not isinstance(results, dict):
+            raise TypeError(f"'results' is a {type(results).__name__}")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a results file of evaluation.main ({err!r}); move it away or "
+                         "give results_path=FILE") from None
+    return results
+
+
+def evaluated_weights(cfg: DictConfig, engine: Engine) -> dict:
+    """Which weights produced the results: the checkpoint folder the native engine loaded (its
+    name and global step), or the model directory."""
+    native = getattr(engine, "engine", engine)  # NativeEngine wraps a SimpleEngine
+    checkpoint = getattr(native, "checkpoint", None)  # None: a model directory (or a test's engine)
+    if checkpoint is None:
+        return {"checkpoint": Path(cfg.ckpt_path).name, "step": None}
+    step = read_trainer_state(checkpoint)["step"] if has_trainer_state(checkpoint) else None
+    return {"checkpoint": checkpoint.name, "step": step, "use_ema": cfg.use_ema,
+            "arch_override": OmegaConf.to_container(cfg.arch_override)}
+
+
+def write_results(path: Path, cfg: DictConfig, results: dict[str, dict]) -> dict:
+    """Merge `results` into the file per benchmark (a benchmark evaluated again replaces its own
+    entry; the others stay) and write it atomically: a temporary file renamed over the old one.
+    `config` is the latest run's."""
+    merged = read_results(path) | results
+    report = {"ckpt_path": cfg.ckpt_path, "results": merged, "config": OmegaConf.to_container(cfg, resolve=True)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report, indent=2))
+    os.replace(partial, path)
+    return report
+
+
 def main(argv: list[str] | None = None, engine: Engine | None = None, set_threads: bool = False) -> dict:
     """Run the evaluation; `engine` replaces `build_engine(cfg)` (tests, notebooks). `set_threads`:
     the command line's choice of torch's CPU thread count for a native engine on CPU (library
-    callers keep their own)."""
+    callers keep their own). Returns the results file's content after this run's merge."""
     argv = sys.argv[1:] if argv is None else argv
     if "--help" in argv or "-h" in argv:
         print(USAGE + DEFAULT_CONFIG.read_text())
         return {}
     cfg, cli = load_config(argv)
+    path = results_path(cfg)
+    earlier = read_results(path)  # an unreadable file fails now, not after the generation
     benchmarks, plans = prepare(cfg, cli)
     if engine is None:
         engine = build_engine(cfg)
@@ -207,18 +255,16 @@ def main(argv: list[str] | None = None, engine: Engine | None = None, set_thread
         if set_threads and native is not None and native.device.type == "cpu":
             set_cpu_threads(native.model.arch.hidden_size)
     results = evaluate(cfg, benchmarks, plans, engine)
-    report = {
-        "ckpt_path": cfg.ckpt_path,
-        "ckpt_epoch": cfg.ckpt_epoch,
-        "use_ema": cfg.use_ema,
-        "results": results,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    path = Path(cfg.results_path or Path(cfg.ckpt_path) / "eval_results.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
+    weights = evaluated_weights(cfg, engine)
+    search = OmegaConf.to_container(cfg.search) if cfg.search.method else None
+    for result in results.values():
+        result |= weights | {"limit": cfg.limit, "seed": cfg.seed, "search": search}
+    report = write_results(path, cfg, results)
     print(format_table(results))
-    print(f"[eval] results written to {path}")
+    kept = sorted(set(earlier) - set(results))
+    if kept:
+        print(f"[eval] kept earlier results of {', '.join(kept)} in {path}")
+    print(f"[eval] results of {', '.join(results)} ({weights['checkpoint']}) written to {path}")
     return report
 
 

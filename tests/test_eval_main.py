@@ -181,3 +181,43 @@ def test_aime_majority_voting_and_mmlu_pro_offline(tmp_path):
                               engine=engine)["results"]["MMLUPro"]["metrics"]
     # math: (B) right, (D) right; law: "It is B." reads B, gold A -> 0
     assert (mmlu_pro["acc_math"], mmlu_pro["acc_law"], mmlu_pro["acc"]) == (1.0, 0.0, 0.5)
+
+
+def test_results_merge_per_benchmark_atomically(tmp_path):
+    def run(*args):
+        return eval_main.main([f"ckpt_path={tmp_path}", f"data_dir={FIXTURES}", *args], engine=ScriptedEngine())
+
+    run("run_only=[ARC]")
+    arc = json.loads((tmp_path / "eval_results.json").read_text())["results"]["ARC"]
+    run("run_only=[BoolQ]")
+    written = json.loads((tmp_path / "eval_results.json").read_text())
+    assert list(written["results"]) == ["ARC", "BoolQ"] and written["results"]["ARC"] == arc  # ARC kept as it was
+    run("run_only=[ARC]", "limit=1")  # ARC again: its own entry is replaced, BoolQ stays
+    written = json.loads((tmp_path / "eval_results.json").read_text())
+    assert (written["results"]["ARC"]["num_items"], written["results"]["ARC"]["limit"]) == (1, 1)
+    assert written["results"]["BoolQ"]["num_items"] == 3 and written["results"]["BoolQ"]["limit"] is None
+    assert written["results"]["BoolQ"]["checkpoint"] == tmp_path.name  # not a run: the folder evaluated
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval_results.json"]  # no temporary file left
+
+
+def test_a_file_that_is_not_a_results_file_is_refused_before_generating(tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text("my notes")
+    engine = ScriptedEngine()
+    with pytest.raises(ValueError, match="results.json: not a results file of evaluation.main .*results_path=FILE"):
+        eval_main.main([f"ckpt_path={tmp_path}", f"data_dir={FIXTURES}", "run_only=[ARC]",
+                        f"results_path={results}"], engine=engine)
+    assert engine.calls == [] and results.read_text() == "my notes"
+
+
+def test_results_record_the_checkpoint_evaluated(demo_run, tmp_path):
+    from evaluation.engines import NativeEngine
+    from simple_inference_engine import SimpleEngine
+
+    _, run = demo_run
+    engine = NativeEngine(SimpleEngine.from_checkpoint(run, device="cpu"))
+    report = eval_main.main([f"ckpt_path={run}", f"data_dir={FIXTURES}", "run_only=[ARC]", "limit=1",
+                             f"results_path={tmp_path / 'results.json'}"], engine=engine)
+    # the demo run stops after 30 steps (max_steps=30) and checkpoints there
+    assert {k: report["results"]["ARC"][k] for k in ("checkpoint", "step", "use_ema")} == \
+        {"checkpoint": "step_30", "step": 30, "use_ema": True}
