@@ -1,6 +1,6 @@
 """Batched generation over a training run (docs/DESIGN.md, "Inference, evaluation and export").
 
-    python simple_inference_engine.py generate --run RUN_DIR --prompt "1 2 + 3 4 =" [--condition direct]
+    python simple_inference_engine.py generate --run RUN_DIR --prompt "add 17 25" [--condition direct]
     python simple_inference_engine.py heldout --run RUN_DIR --heldout demo_data/heldout.jsonl
 
 A prompt is `boq + condition token + prompt text + eoq`. Prompts are prefilled many at a time in
@@ -9,8 +9,10 @@ each prompt's keys/values written to its cache slot; `num_samples` copies of a p
 prefill (its KV is copied). Each new token then attends causally. Decoding runs over `batch_size`
 slots (inference/decode.py; a CUDA graph on CUDA); every few steps the host refills the slots whose
 sequences ended (eoa or token limit) with waiting prompts, one bounded prefill chunk at a time, so
-the batch stays full. The KV cache holds the longest prompt plus max_new_tokens, not the whole
-context. A prompt that does not fit the context yields an empty generation and is counted.
+the batch stays full. The KV cache is not the whole context: it holds the longest prompt plus
+max_new_tokens, rounded up to a power of two (at least MIN_CACHE_LEN, at most the context; few
+distinct compiled shapes). A prompt that does not fit the context yields an empty generation and
+is counted.
 """
 
 import argparse
@@ -24,7 +26,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data_io.rows import parse_conditions
+from data_io import DataError
+from data_io.rows import SOURCE_SUFFIXES, parse_conditions, read_rows
 from data_io.text_tokenizer import TextTokenizer
 from inference.decode import DecodeBatch, pack
 from inference.sampling import Sampling
@@ -327,43 +330,121 @@ def heldout_accuracy(engine: SimpleEngine, rows: list[dict], batch_size: int = 6
     return correct / max(1, len(rows))
 
 
+def read_heldout(path: str) -> list[tuple[str, dict]]:
+    """(where, row) per row of a held-out JSONL or Parquet file of {"instruction", "response",
+    "condition"} rows; `where` ("file:line") names the row in errors."""
+    file = Path(path)
+    if not file.is_file():
+        problem = "is a folder" if file.is_dir() else "does not exist"
+        raise DataError(f"--heldout {file} {problem}; give a JSONL file of "
+                        '{"instruction", "response", "condition"} rows (the demo writes DATA/heldout.jsonl)')
+    if file.suffix not in SOURCE_SUFFIXES:
+        raise DataError(f"--heldout {file}: unsupported file type; give a {' or '.join(SOURCE_SUFFIXES)} file")
+    rows = [(where, {"instruction": instruction, "response": response, "condition": ",".join(conditions)})
+            for where, instruction, response, conditions in read_rows(file)]
+    if not rows:
+        raise DataError(f"--heldout {file} holds no rows; an accuracy over 0 problems means nothing")
+    return rows
+
+
+def check_conditions(engine: SimpleEngine, condition: str, where: str) -> None:
+    unknown = [c for c in parse_conditions(condition, where) if c not in engine.known_conditions()]
+    if unknown:
+        raise DataError(f"{where}: unknown condition {unknown}; this run's tokenizer knows {engine.known_conditions()}")
+
+
+def _at_least_one(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} must be >= 1")
+    return number
+
+
 def _batch_size_arg(value: str) -> int | str:
     if value == "auto":
         return value
     try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--batch-size {value!r}: give a number or 'auto'") from None
+        return _at_least_one(value)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{err}; give a number >= 1 or 'auto'") from None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _check_sampling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Sampling's own checks, reported against the flag (its messages start with the field name)."""
+    try:
+        Sampling(args.temperature, args.top_k, args.top_p, args.min_p, args.seed)
+    except ValueError as err:
+        parser.error(f"argument --{str(err).split('=')[0].replace('_', '-')}: {err}")
+    if args.num_samples > 1 and Sampling(args.temperature, args.top_k).greedy:
+        parser.error(f"argument --num-samples: {args.num_samples} greedy generations (--temperature 0 or "
+                     "--top-k 1) are all alike; give --temperature > 0 to sample")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python simple_inference_engine.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("generate", "heldout"):
-        p = sub.add_parser(name)
+    commands = {
+        "generate": ("print generations for prompts",
+                     'python simple_inference_engine.py generate --run RUN_DIR --prompt "add 17 25" '
+                     "--temperature 0.8 --num-samples 4"),
+        "heldout": ("exact-match accuracy of greedy generations against a held-out file's responses",
+                    "python simple_inference_engine.py heldout --run RUN_DIR --heldout DATA/heldout.jsonl"),
+    }
+    for name, (summary, example) in commands.items():
+        p = sub.add_parser(name, help=summary, description=f"{summary}.", epilog=f"example:\n  {example}",
+                           formatter_class=_HelpFormatter)
+        p.set_defaults(command_parser=p)  # for errors under the subcommand's usage
         p.add_argument("--run", required=True, help="run directory written by pretrain.py")
-        p.add_argument("--ckpt-epoch", type=int, default=None, help="checkpoint of this epoch (default: latest)")
+        p.add_argument("--ckpt-epoch", type=int, default=None, help="checkpoint of this epoch (default: the latest)")
         p.add_argument("--no-ema", action="store_true", help="use the live weights instead of the EMA")
-        p.add_argument("--max-new-tokens", type=int, default=64)
+        p.add_argument("--max-new-tokens", type=_at_least_one, default=64, help="response tokens at most")
         p.add_argument("--batch-size", type=_batch_size_arg, default=64,
                        help="sequences decoded at once, or 'auto' (as many as the free GPU memory holds)")
     gen = sub.choices["generate"]
     gen.add_argument("--prompt", required=True, action="append", help="prompt text (repeatable)")
-    gen.add_argument("--condition", default="direct")
+    gen.add_argument("--condition", default="direct", help="condition token(s) after boq: a name or a comma list")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     gen.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
     gen.add_argument("--top-p", type=float, default=1.0, help="keep the most likely tokens of this mass (1: off)")
     gen.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability (0: off)")
-    gen.add_argument("--num-samples", type=int, default=1, help="generations per prompt")
-    gen.add_argument("--seed", type=int, default=0)
-    sub.choices["heldout"].add_argument("--heldout", required=True, help="JSONL rows with instruction, response, condition")
-    sub.choices["heldout"].add_argument("--report", action="store_true",
-                                        help="also print the run's first and last logged loss and what to run next")
-    args = parser.parse_args()
+    gen.add_argument("--num-samples", type=_at_least_one, default=1, help="generations per prompt (needs sampling)")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed")
+    held = sub.choices["heldout"]
+    held.add_argument("--heldout", required=True, help="JSONL rows with instruction, response, condition")
+    held.add_argument("--report", action="store_true",
+                      help="also print the run's first and last logged loss and what to run next")
+    return parser
 
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each flag's default shown where it has one; the example kept as written."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in action.help:
+            return action.help
+        return f"{action.help} (default: {action.default})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # everything checkable without the weights fails before they load
+    rows = []
     try:
+        if args.command == "generate":
+            _check_sampling(args.command_parser, args)
+        else:
+            rows = read_heldout(args.heldout)
         engine = SimpleEngine.from_checkpoint(args.run, args.ckpt_epoch, use_ema=not args.no_ema)
-    except (CheckpointError, RunDirError, FileNotFoundError) as err:
+        if args.command == "generate":
+            check_conditions(engine, args.condition, f"--condition {args.condition}")
+        for where, row in rows:
+            check_conditions(engine, row["condition"], where)
+    except (CheckpointError, RunDirError, DataError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     if engine.device.type == "cpu":  # the program's choice, not the library's: callers keep their own
         set_cpu_threads(engine.model.arch.hidden_size)
@@ -374,7 +455,7 @@ def main() -> None:
         for prompt, out in zip(args.prompt, outs):
             print(prompt + "".join(f"\n  -> {text}" for text in out))
     else:
-        rows = [json.loads(line) for line in Path(args.heldout).read_text().splitlines() if line.strip()]
+        rows = [row for _, row in rows]
         accuracy = heldout_accuracy(engine, rows, args.batch_size, args.max_new_tokens)
         if args.report:
             print_report(Path(args.run), accuracy, len(rows))

@@ -179,3 +179,65 @@ def test_from_checkpoint_loads_in_the_asked_precision(demo_run):
     # the bf16 weights are the fp32 checkpoint's, rounded
     assert torch.equal(half.model.lm_head.weight, default.model.lm_head.weight.to(torch.bfloat16))
     assert half.model.new_kv_cache(1, 8).calls[0].k[0].dtype == torch.bfloat16
+
+
+def cli_error(capsys, argv) -> str:
+    """The last line main() writes to stderr as it exits with a failure."""
+    import simple_inference_engine
+
+    with pytest.raises(SystemExit) as exited:
+        simple_inference_engine.main(argv)
+    assert exited.value.code not in (0, None)
+    message = str(exited.value.code) if isinstance(exited.value.code, str) else capsys.readouterr().err
+    return message.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "argument --batch-size: 0 must be >= 1; give a number >= 1 or 'auto'"),
+    (["--batch-size", "-3"], "argument --batch-size: -3 must be >= 1"),
+    (["--max-new-tokens", "0"], "argument --max-new-tokens: 0 must be >= 1"),
+    (["--num-samples", "0"], "argument --num-samples: 0 must be >= 1"),
+    (["--num-samples", "4"], "argument --num-samples: 4 greedy generations .* are all alike"),
+    (["--temperature", "-1"], r"argument --temperature: temperature=-1.0 must be >= 0"),
+    (["--temperature", "1", "--top-p", "2"], r"argument --top-p: top_p=2.0 must lie in \(0, 1\]"),
+    (["--temperature", "1", "--min-p", "1"], r"argument --min-p: min_p=1.0 must lie in \[0, 1\)"),
+])
+def test_cli_refuses_bad_flags_before_loading_the_run(capsys, flags, message):
+    # the run does not exist: a flag's error shows that it is checked before any loading
+    import re
+
+    assert re.search(message, cli_error(capsys, ["generate", "--run", "/nonexistent", "--prompt", "add 1 2", *flags]))
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "heldout.jsonl does not exist; give a JSONL file"),
+    ("", "heldout.jsonl holds no rows"),
+    ('{"instruction": "add 1 2", "response": "3"}\n\n{"instruction": "add 1 2"\n', r"heldout.jsonl:3: not valid JSON"),
+    ('{"instruction": "add 1 2", "response": "3"}\n{"instruction": "add 2 2"}\n',
+     "heldout.jsonl:2: field 'response' is missing"),
+])
+def test_cli_refuses_a_bad_heldout_file_before_loading_the_run(capsys, tmp_path, content, message):
+    import re
+
+    heldout = tmp_path / "heldout.jsonl"
+    if content is not None:
+        heldout.write_text(content)
+    assert re.search(message, cli_error(capsys, ["heldout", "--run", "/nonexistent", "--heldout", str(heldout)]))
+    assert re.search("is a folder", cli_error(capsys, ["heldout", "--run", "/nonexistent", "--heldout", str(tmp_path)]))
+
+
+def test_cli_names_an_unknown_condition_and_helps(capsys, demo_run, tmp_path):
+    import simple_inference_engine
+
+    data, run = demo_run
+    assert cli_error(capsys, ["generate", "--run", str(run), "--prompt", "add 1 2", "--condition", "nope"]) == \
+        "error: --condition nope: unknown condition ['nope']; this run's tokenizer knows ['direct']"
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text('{"instruction": "add 1 2", "response": "3", "condition": "cot"}\n')
+    assert cli_error(capsys, ["heldout", "--run", str(run), "--heldout", str(heldout)]) == \
+        f"error: {heldout}:1: unknown condition ['cot']; this run's tokenizer knows ['direct']"
+    with pytest.raises(SystemExit):
+        simple_inference_engine.main(["generate", "--help"])
+    shown = capsys.readouterr().out
+    assert 'example:\n  python simple_inference_engine.py generate --run RUN_DIR --prompt "add 17 25"' in shown
+    assert "(default: 64)" in shown and "(default: direct)" in shown
