@@ -13,12 +13,13 @@ should give (e.g. InfiniBand NDR ~40-50 GB/s per NIC) means a network or NCCL se
 """
 
 import argparse
-import datetime
 import os
 import time
 
 import torch
 import torch.distributed as dist
+
+from common import print_header
 
 
 def main() -> None:
@@ -42,10 +43,9 @@ def main() -> None:
         dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     dtype = getattr(torch, args.dtype)
+    print_header(device)
     if rank == 0:
-        name = torch.cuda.get_device_name(device) if use_cuda else "cpu"
-        print(f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; {world} ranks; {name}; "
-              f"backend {dist.get_backend()}; torch {torch.__version__}; NCCL_NVLS_ENABLE={os.environ.get('NCCL_NVLS_ENABLE')}")
+        print(f"{world} ranks; backend {dist.get_backend()}; NCCL_NVLS_ENABLE={os.environ.get('NCCL_NVLS_ENABLE')}")
         print(f"{'size MB':>8} {'check':>5} {'time ms':>9} {'algbw GB/s':>10} {'busbw GB/s':>10}")
     failed = False
     for size_mb in (float(s) for s in args.sizes_mb.split(",")):

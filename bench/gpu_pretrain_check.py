@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, print_header
+
 BOQ, EOQ, EOA, DIRECT, FIRST_TEXT = 1, 2, 3, 4, 8
 
 
@@ -111,6 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.cpu:
         args.size, args.batch, args.context, args.steps, args.log_interval = "tiny", 1024, 128, min(args.steps, 6), 2
+    print_header(torch.device("cpu" if args.cpu else "cuda"))
     out = Path(args.out)
     data = out / "data"
     if not (data / "metadata.json").exists():

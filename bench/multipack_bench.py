@@ -10,15 +10,14 @@ ranks of quadratic attention work (sum of squared sample lengths).
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
+import torch
 
+from common import print_header
 from multipack_sampler import MultipackDistributedBatchSampler, plan_batches
 
 
@@ -38,6 +37,7 @@ def main():
     parser.add_argument("--tokens", type=int, default=16384, help="batch_max_length per rank")
     parser.add_argument("--sigma", type=float, default=1.0, help="lognormal sigma of the lengths")
     args = parser.parse_args()
+    print_header(torch.device("cpu"))
 
     rng = np.random.default_rng(0)
     lengths = np.clip(np.round(rng.lognormal(np.log(300), args.sigma, args.samples)), 1, 4096).astype(np.int64)

@@ -8,7 +8,9 @@ length taken as 0). Tokens after the last sample (the padding tail) belong to no
 backend outputs exactly 0 there and passes no gradient through them.
 
 Backends, all computing exactly that:
-- sdpa:   dense [L, L] boolean mask + scaled_dot_product_attention; the reference, runs anywhere.
+- sdpa:   boolean mask + scaled_dot_product_attention; the reference, runs anywhere. A dense [L, L]
+          mask, or, when 2 * max_seqlen <= L, a band: blocks of max_seqlen queries, each over the
+          keys up to max_seqlen - 1 beyond its ends (same result, about L * 3 max_seqlen pairs).
 - varlen: torch.nn.attention.varlen.varlen_attn (FA2 kernels inside PyTorch), in two passes: a
           non-causal pass over prefix tokens only, then a causal pass whose queries are the response
           tokens and whose keys are the whole sample, with the causal mask aligned bottom-right
