@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from evaluation.benchmarks import ALIASES, BENCHMARKS, Benchmark, canonical_name
+from evaluation.benchmarks import ALIASES, BENCHMARKS, Benchmark, Source, canonical_name
 from evaluation.engines import Engine, Generation, build_engine, require_known_condition
 from evaluation.search.benchmarks import load_verifier, search_responses
 from training.checkpoint import has_trainer_state, read_trainer_state
@@ -42,6 +42,76 @@ def _check_keys(where: str, given, allowed) -> None:
         raise ValueError(f"unknown key(s) {unknown} in {where}; valid: {', '.join(sorted(allowed))}")
 
 
+def _whole(minimum: int | None = None, nullable: bool = False):
+    def check(value) -> bool:
+        if value is None:
+            return nullable
+        return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+    return check
+
+
+def _non_negative(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+def _stop(value) -> bool:
+    return value is None or isinstance(value, str) or isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# What a value must be, checked before any data or model is read: a word where a number belongs
+# would otherwise fail deep inside the run, naming no key.
+VALUE_RULES = {
+    "ckpt_epoch": ("a whole number >= 1, or null for the latest checkpoint", _whole(1, nullable=True)),
+    "use_ema": ("true or false", lambda v: isinstance(v, bool)),
+    "limit": ("a whole number >= 1 (rows per benchmark), or null for all", _whole(1, nullable=True)),
+    "seed": ("a whole number", _whole()),
+}
+GENERATION_RULES = {
+    "condition": ("condition names as a comma list, e.g. synth,cot", lambda v: isinstance(v, str)),
+    "max_context": ("a whole number >= 1 (tokens)", _whole(1)),
+    "max_tokens": ("a whole number >= 1, or null for until the context is full", _whole(1, nullable=True)),
+    "stop": ("a string, a list of strings, or null", _stop),
+    "temperature": ("a number >= 0 (0 is greedy)", _non_negative),
+    "num_samples": ("a whole number >= 1", _whole(1)),
+    "batch_size": ("a whole number >= 1", _whole(1)),
+}
+SEARCH_RULES = {
+    "n": ("a whole number >= 1", _whole(1)), "width": ("a whole number >= 1", _whole(1)),
+    "temperature": ("a number >= 0", _non_negative), "max_steps": ("a whole number >= 1", _whole(1)),
+    "seed": ("a whole number", _whole()), "outcome": ("true or false", lambda v: isinstance(v, bool)),
+}
+
+
+def _check_values(prefix: str, section: DictConfig, rules: dict) -> None:
+    for key, (what, check) in rules.items():
+        if key in section and not check(section[key]):
+            raise ValueError(f"{prefix}{key}={section[key]!r}: must be {what}")
+
+
+def _read_yaml_file(path: str) -> DictConfig:
+    file = Path(path)
+    if not file.is_file():
+        bundled = ", ".join(sorted(p.name for p in DEFAULT_CONFIG.parent.glob("*.yaml")))
+        raise ValueError(f"config={path}: no such file; give a YAML file such as evaluation/config/NAME.yaml "
+                         f"(bundled: {bundled})")
+    try:
+        return OmegaConf.load(file)
+    except Exception as err:  # yaml and OmegaConf errors: a malformed file
+        raise ValueError(f"config={path}: not readable YAML ({str(err).splitlines()[0]})") from None
+
+
+def _read_command_line(argv: list[str]) -> DictConfig:
+    # `search=beam` is short for search.method=beam
+    argv = [f"search.method={a[7:]}" if a.startswith("search=") else a for a in argv]
+    for arg in argv:  # one at a time, to name the one that cannot be read
+        try:
+            OmegaConf.from_dotlist([arg])
+        except Exception as err:  # yaml and OmegaConf errors: a malformed key=value
+            raise ValueError(f"cannot read {arg!r} ({str(err).splitlines()[0]}); write key=value, a list as "
+                             "key=[A,B] (quote it in the shell)") from None
+    return OmegaConf.from_dotlist(argv)
+
+
 def load_config(argv: list[str]) -> tuple[DictConfig, DictConfig]:
     """(config, command-line layer): default.yaml <- optional `config=` file <- command line.
 
@@ -49,23 +119,28 @@ def load_config(argv: list[str]) -> tuple[DictConfig, DictConfig]:
     benchmarks, as the reference's config files do. The command-line layer is kept apart because
     its generation_config keys override every benchmark.
     """
-    # `search=beam` is short for search.method=beam
-    cli = OmegaConf.from_dotlist([f"search.method={a[7:]}" if a.startswith("search=") else a for a in argv])
+    cli = _read_command_line(argv)
     defaults = OmegaConf.load(DEFAULT_CONFIG)
     base = defaults
     if cli.get("config"):
-        chosen = OmegaConf.load(cli.config)
+        chosen = _read_yaml_file(cli.config)
         base = OmegaConf.merge(defaults, chosen)
         base.benchmarks = chosen.get("benchmarks", {})
     cfg = OmegaConf.merge(base, {k: v for k, v in cli.items() if k != "benchmarks"},
                           {"benchmarks": cli.get("benchmarks", {})})
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise ValueError("ckpt_path is missing: give ckpt_path=RUN_DIR (a pretrain.py run) or ckpt_path=HF_DIR "
+                         "(a Hugging Face model directory); --help lists the other keys")
     if isinstance(cfg.run_only, str):  # run_only=GSM8k, without brackets
         cfg.run_only = [cfg.run_only]
 
     _check_keys("the config", cfg.keys(), defaults.keys())
+    _check_values("", cfg, VALUE_RULES)
     generation_keys = defaults.generation_config.keys()
     _check_keys("generation_config", cfg.generation_config.keys(), generation_keys)
+    _check_values("generation_config.", cfg.generation_config, GENERATION_RULES)
     _check_keys("search", cfg.search.keys(), defaults.search.keys())
+    _check_values("search.", cfg.search, SEARCH_RULES)
     renamed = {}
     for name, bench in cfg.benchmarks.items():  # aliases (ARC-C) merge into their benchmark's entry
         canonical = canonical_name(name)
@@ -74,6 +149,7 @@ def load_config(argv: list[str]) -> tuple[DictConfig, DictConfig]:
     for name, bench in cfg.benchmarks.items():
         _check_keys(f"benchmarks.{name}", bench.keys(), {"generation_config"} | BENCHMARK_OPTIONS.get(name, set()))
         _check_keys(f"benchmarks.{name}.generation_config", bench.get("generation_config", {}).keys(), generation_keys)
+        _check_values(f"benchmarks.{name}.generation_config.", bench.get("generation_config", {}), GENERATION_RULES)
     if cfg.run_only is not None:
         cfg.run_only = [canonical_name(name) for name in cfg.run_only]  # fails listing the valid names
     return cfg, cli
@@ -110,7 +186,16 @@ def prepare(cfg: DictConfig, cli: DictConfig) -> tuple[dict[str, Benchmark], dic
     benchmarks, plans = {}, {}
     for name in names:
         options, own = benchmark_settings(cfg, name)
-        benchmarks[name] = BENCHMARKS[name](cfg.data_dir, cfg.limit, **options)
+        try:
+            benchmarks[name] = BENCHMARKS[name](cfg.data_dir, cfg.limit, **options)
+        except ConnectionError as err:  # the hub, unreachable (offline, or HF_DATASETS_OFFLINE=1)
+            if cfg.data_dir is not None:
+                raise
+            sources = [s for s in vars(BENCHMARKS[name]).values() if isinstance(s, Source)]
+            folder = BENCHMARKS[name].folder
+            files = " and ".join(f"DIR/{folder}/{s.split}.jsonl" for s in sources) or f"DIR/{folder}/SPLIT.jsonl"
+            raise ValueError(f"{name}: {err}; offline, give data_dir=DIR with {files} (or .parquet) in the hub "
+                             f"dataset's schema (tests/fixtures/eval is a small example)") from None
         plans[name] = generation_plan(cfg, cli, benchmarks[name], own)
     return benchmarks, plans
 
@@ -250,7 +335,14 @@ def main(argv: list[str] | None = None, engine: Engine | None = None, set_thread
     earlier = read_results(path)  # an unreadable file fails now, not after the generation
     benchmarks, plans = prepare(cfg, cli)
     if engine is None:
-        engine = build_engine(cfg)
+        try:
+            engine = build_engine(cfg)
+        except OSError as err:  # Transformers cannot load the model directory (no weights, no tokenizer)
+            if not (Path(cfg.ckpt_path) / "config.json").is_file():
+                raise
+            raise ValueError(f"ckpt_path={cfg.ckpt_path}: {str(err).splitlines()[0].rstrip('.')}; give a complete model "
+                             "directory (export a run with python -m conversion.convert_to_hf) or a run "
+                             "directory") from None
         native = getattr(engine, "engine", None)  # NativeEngine's SimpleEngine
         if set_threads and native is not None and native.device.type == "cpu":
             set_cpu_threads(native.model.arch.hidden_size)

@@ -107,3 +107,15 @@ def test_seed_readme_command_runs_on_a_model_directory(tmp_path):
     assert results["MATH"]["generation_config"]["condition"] == "synth,cot"
     assert all(r["num_items"] == 1 for r in results.values())
     assert (model_dir / "eval_results.json").is_file()
+
+
+def test_a_model_directory_without_weights_fails_in_one_line(tmp_path):
+    from evaluation.main import main
+
+    model_dir = tmp_path / "model"
+    _write_model_dir(model_dir)
+    (model_dir / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=rf"ckpt_path={model_dir}: .*model.safetensors.*; give a complete model "
+                                         r"directory \(export a run with python -m conversion.convert_to_hf\)"):
+        main([f"ckpt_path={model_dir}", f"data_dir={Path(__file__).parent / 'fixtures' / 'eval'}",
+              "run_only=[ARC]", "limit=1"])

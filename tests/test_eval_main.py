@@ -221,3 +221,32 @@ def test_results_record_the_checkpoint_evaluated(demo_run, tmp_path):
     # the demo run stops after 30 steps (max_steps=30) and checkpoints there
     assert {k: report["results"]["ARC"][k] for k in ("checkpoint", "step", "use_ema")} == \
         {"checkpoint": "step_30", "step": 30, "use_ema": True}
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], r"ckpt_path is missing: give ckpt_path=RUN_DIR"),
+    (["limit=abc"], r"limit='abc': must be a whole number >= 1 \(rows per benchmark\), or null for all"),
+    (["limit=0"], r"limit=0: must be a whole number >= 1"),
+    (["generation_config.temperature=abc"], r"generation_config.temperature='abc': must be a number >= 0"),
+    (["generation_config.batch_size=abc"], r"generation_config.batch_size='abc': must be a whole number >= 1"),
+    (["generation_config.num_samples=0"], r"generation_config.num_samples=0: must be a whole number >= 1"),
+    (["benchmarks.ARC.generation_config.max_context=x"], r"benchmarks.ARC.generation_config.max_context='x'"),
+    (["search.n=x"], r"search.n='x': must be a whole number >= 1"),
+    (["run_only=[ARC"], r"cannot read 'run_only=\[ARC' .*a list as key=\[A,B\]"),
+    (["config=/nope.yaml"], r"config=/nope.yaml: no such file; .*bundled: .*hrm_maj_vote_benchmarking.yaml"),
+])
+def test_bad_config_values_fail_naming_the_key(tmp_path, args, message):
+    engine = ScriptedEngine()
+    ckpt = [] if not args else [f"ckpt_path={tmp_path}"]
+    with pytest.raises(ValueError, match=message):
+        eval_main.main([*ckpt, f"data_dir={FIXTURES}", "run_only=[ARC]", *args], engine=engine)
+    assert engine.calls == []
+
+
+def test_offline_without_data_dir_names_the_files_to_provide(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # as conftest: no test touches the network
+    with pytest.raises(ValueError, match=r"ARC: .*offline, give data_dir=DIR with DIR/ARC/test.jsonl and "
+                                         r"DIR/ARC/validation.jsonl"):
+        eval_main.main([f"ckpt_path={tmp_path}", "run_only=[ARC]"], engine=ScriptedEngine())
+    # the layout named is the one the loader reads: the fixtures hold exactly those files
+    assert sorted(p.name for p in (Path(FIXTURES) / "ARC").iterdir()) == ["test.jsonl", "validation.jsonl"]
