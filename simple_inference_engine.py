@@ -353,7 +353,7 @@ def check_conditions(engine: SimpleEngine, condition: str, where: str) -> None:
         raise DataError(f"{where}: unknown condition {unknown}; this run's tokenizer knows {engine.known_conditions()}")
 
 
-def _at_least_one(value: str) -> int:
+def positive_int(value: str) -> int:
     try:
         number = int(value)
     except ValueError:
@@ -367,7 +367,7 @@ def _batch_size_arg(value: str) -> int | str:
     if value == "auto":
         return value
     try:
-        return _at_least_one(value)
+        return positive_int(value)
     except argparse.ArgumentTypeError as err:
         raise argparse.ArgumentTypeError(f"{err}; give a number >= 1 or 'auto'") from None
 
@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run", required=True, help="run directory written by pretrain.py")
         p.add_argument("--ckpt-epoch", type=int, default=None, help="checkpoint of this epoch (default: the latest)")
         p.add_argument("--no-ema", action="store_true", help="use the live weights instead of the EMA")
-        p.add_argument("--max-new-tokens", type=_at_least_one, default=64, help="response tokens at most")
+        p.add_argument("--max-new-tokens", type=positive_int, default=64, help="response tokens at most")
         p.add_argument("--batch-size", type=_batch_size_arg, default=64,
                        help="sequences decoded at once, or 'auto' (as many as the free GPU memory holds)")
     gen = sub.choices["generate"]
@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
     gen.add_argument("--top-p", type=float, default=1.0, help="keep the most likely tokens of this mass (1: off)")
     gen.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability (0: off)")
-    gen.add_argument("--num-samples", type=_at_least_one, default=1, help="generations per prompt (needs sampling)")
+    gen.add_argument("--num-samples", type=positive_int, default=1, help="generations per prompt (needs sampling)")
     gen.add_argument("--seed", type=int, default=0, help="sampling seed")
     held = sub.choices["heldout"]
     held.add_argument("--heldout", required=True, help="JSONL rows with instruction, response, condition")

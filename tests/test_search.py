@@ -1,6 +1,8 @@
 """Test-time search (evaluation/search): every method's pick and compute on a scripted policy and a
 scripted verifier, against picks and counts worked out by hand from the methods' definitions."""
 
+import re
+
 import pytest
 
 from evaluation.search.compute_optimal import ProblemResult, compute_optimal, difficulty_bins
@@ -377,3 +379,57 @@ def test_engine_policy_continues_prefixes_stops_at_the_delimiter_and_repeats_wit
     runs = [search(engine_policy, verifier, [problem, "sort 321"], cfg, answer_of) for _ in range(2)]
     assert runs[0] == runs[1]
     assert all(o.compute.tokens > 0 and o.compute.verifier_calls >= 4 for o in runs[0])
+
+
+# ---------------------------------------------------------------- the demo's command line
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--budgets", "1,x"], r"argument --budgets: 'x' is not a whole number; give a comma list of whole numbers"),
+    (["--budgets", "4,0"], r"argument --budgets: 0 must be >= 1"),
+    (["--aggregation", "mean"], r"argument --aggregation: invalid choice: 'mean'"),
+    (["--batch-size", "0"], r"argument --batch-size: 0 must be >= 1"),
+    (["--temperature", "-1"], r"argument --temperature: -1.0 must be >= 0"),
+])
+def test_demo_refuses_bad_flags_before_loading(capsys, tmp_path, flags, message):
+    from evaluation.search import demo
+
+    with pytest.raises(SystemExit) as exited:
+        demo.main(["--run", "/nonexistent", "--heldout", "/nonexistent.jsonl", "--out", str(tmp_path), *flags])
+    assert exited.value.code == 2 and re.search(message, capsys.readouterr().err.strip().splitlines()[-1])
+
+
+def test_demo_names_a_bad_run_or_heldout_file_in_one_line(tmp_path):
+    from evaluation.search import demo
+
+    steps = tmp_path / "steps.jsonl"
+    steps.write_text('{"instruction": "sum 2 3", "response": "2 + 3 = 5\\nanswer 5"}\n')
+    cases = [(["--run", str(tmp_path / "nope"), "--heldout", str(steps)], f"error: {tmp_path / 'nope'}: no all_config.yaml"),
+             (["--run", str(tmp_path), "--heldout", str(tmp_path / "missing.jsonl")], "--heldout .*missing.jsonl does not exist"),
+             (["--run", str(tmp_path), "--heldout", str(steps.with_name("plain.jsonl"))],
+              r"plain.jsonl:1: field 'response' does not end in an `answer N` line")]
+    steps.with_name("plain.jsonl").write_text('{"instruction": "add 2 3", "response": "5"}\n')
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exited:
+            demo.main(argv + ["--out", str(tmp_path / "out")])
+        assert re.search(message, str(exited.value.code)), exited.value.code
+    assert not (tmp_path / "out").exists()  # nothing written on failure
+
+
+def test_demo_help_shows_every_default(capsys):
+    from evaluation.search import demo
+
+    with pytest.raises(SystemExit):
+        demo.main(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "samples per problem for its pass rate (default 16)" in shown and "sampling seed (default 0)" in shown
+
+
+def test_demo_refuses_a_run_without_the_step_condition(demo_run, tmp_path):
+    from evaluation.search import demo
+
+    steps = tmp_path / "steps.jsonl"
+    steps.write_text('{"instruction": "sum 2 3", "response": "2 + 3 = 5\\nanswer 5"}\n')
+    with pytest.raises(SystemExit) as exited:  # the demo corpus of additions trains condition direct only
+        demo.main(["--run", str(demo_run[1]), "--heldout", str(steps), "--out", str(tmp_path / "out")])
+    assert "unknown condition ['cot']; this run's tokenizer knows ['direct']" in str(exited.value.code)

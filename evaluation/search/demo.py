@@ -22,11 +22,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data_io import DataError
 from data_io.demo import STEP_CONDITION, check_step
 from evaluation.search.compute_optimal import ProblemResult, compute_optimal, difficulty_bins
 from evaluation.search.methods import SearchConfig, search
 from evaluation.search.policy import EnginePolicy
-from evaluation.search.verifiers import ProgrammaticVerifier, aggregate, split_steps
+from evaluation.search.verifiers import AGGREGATIONS, ProgrammaticVerifier, aggregate, split_steps
+from simple_inference_engine import SimpleEngine, check_conditions, positive_int, read_heldout
+from training.checkpoint import CheckpointError
+from training.run_dir import RunDirError
 
 SEARCH_METHODS = ("majority", "best_of_n", "weighted_best_of_n", "beam", "dvts")
 DEPTHS = (1, 2, 3, 4)
@@ -120,31 +124,58 @@ def plot(table: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _budgets(value: str) -> list[int]:
+    try:
+        return [positive_int(b) for b in value.split(",")]
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{err}; give a comma list of whole numbers >= 1, e.g. 1,4,16") from None
+
+
+def _non_negative(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"{number} must be >= 0")
+    return number
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m evaluation.search.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="run directory of the model trained on the step-by-step sums")
     parser.add_argument("--heldout", required=True, help="held-out rows (JSONL: instruction, response)")
     parser.add_argument("--out", default="runs/ttc", help="folder for results.json and accuracy.png (default %(default)s)")
-    parser.add_argument("--problems", type=int, default=100, help="held-out problems evaluated (default %(default)s)")
-    parser.add_argument("--budgets", default="1,4,16,64", help="comma list of N (default %(default)s)")
-    parser.add_argument("--width", type=int, default=4, help="beam width M of beam and dvts (default %(default)s)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default %(default)s)")
-    parser.add_argument("--aggregation", default="min", help="min | prod | last (default %(default)s)")
-    parser.add_argument("--difficulty-samples", type=int, default=16, help="samples per problem for its pass rate")
-    parser.add_argument("--bins", type=int, default=4, help="difficulty bins (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=256, help="sequences decoded at once (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--problems", type=positive_int, default=100,
+                        help="held-out problems evaluated (default %(default)s)")
+    parser.add_argument("--budgets", type=_budgets, default="1,4,16,64", help="comma list of N (default %(default)s)")
+    parser.add_argument("--width", type=positive_int, default=4, help="beam width M of beam and dvts (default %(default)s)")
+    parser.add_argument("--temperature", type=_non_negative, default=1.0,
+                        help="sampling temperature (default %(default)s)")
+    parser.add_argument("--aggregation", choices=AGGREGATIONS, default="min",
+                        help="step scores -> response score (default %(default)s)")
+    parser.add_argument("--difficulty-samples", type=positive_int, default=16,
+                        help="samples per problem for its pass rate (default %(default)s)")
+    parser.add_argument("--bins", type=positive_int, default=4, help="difficulty bins (default %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=256,
+                        help="sequences decoded at once (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
     args = parser.parse_args(argv)
-    from simple_inference_engine import SimpleEngine
 
-    rows = [json.loads(line) for line in Path(args.heldout).read_text().splitlines() if line.strip()][:args.problems]
-    problems = [r["instruction"] for r in rows]
-    gold = [final_answer(r["response"]) for r in rows]
-    if not rows or None in gold:
-        raise SystemExit(f"error: {args.heldout}: expected rows of `python -m data_io.demo --task steps` "
-                         "(responses ending in an `answer N` line)")
-    budgets = [int(b) for b in args.budgets.split(",")]
+    try:
+        rows = read_heldout(args.heldout)[:args.problems]
+        for where, row in rows:
+            if final_answer(row["response"]) is None:
+                raise DataError(f"{where}: field 'response' does not end in an `answer N` line; expected rows of "
+                                "`python -m data_io.demo --task steps`")
+        engine = SimpleEngine.from_checkpoint(args.run, device="cpu")
+        check_conditions(engine, STEP_CONDITION, f"--run {args.run} (not a model of `make ttc-demo`?)")
+    except (CheckpointError, RunDirError, DataError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    problems = [row["instruction"] for _, row in rows]
+    gold = [final_answer(row["response"]) for _, row in rows]
+    budgets = args.budgets
     verifier = ProgrammaticVerifier(check_step)
     base = dict(temperature=args.temperature, max_new_tokens=48, max_steps=6, aggregation=args.aggregation,
                 width=args.width, seed=args.seed)
@@ -153,8 +184,7 @@ def main(argv=None) -> dict:
 
     table: dict[str, dict[str, dict]] = {}
     per_problem: dict[str, dict[str, list[ProblemResult]]] = {}
-    policy = ReusedSamples(EnginePolicy(SimpleEngine.from_checkpoint(args.run, device="cpu"), STEP_CONDITION,
-                                        args.batch_size))
+    policy = ReusedSamples(EnginePolicy(engine, STEP_CONDITION, args.batch_size))
     jobs = [("greedy", 1)] + [(m, n) for m in SEARCH_METHODS for n in budgets]
     for method, n in tqdm(jobs, desc="search", unit="run"):
         start = time.time()
