@@ -97,7 +97,7 @@ def check_start(cfg: TrainConfig, d: Dist) -> None:
              "`python -m data_io.sample_tokenized` (or `python -m data_io.demo --out DIR` and data.path=DIR/sampled)")
 
 
-def resolve_resume(cfg: TrainConfig) -> tuple[TrainConfig, Path | None, bool]:
+def resolve_resume(cfg: TrainConfig, dataset_metadata: dict) -> tuple[TrainConfig, Path | None, bool]:
     """The checkpoint to start from (None for a fresh run) and whether the run continues exactly
     (run_files.resumes_exactly: one of our checkpoints, the run's own dataset, not
     weights_only_resume_from_ema). A continued run stays in its own directory unless
@@ -110,7 +110,7 @@ def resolve_resume(cfg: TrainConfig) -> tuple[TrainConfig, Path | None, bool]:
     try:
         run_files.check_resume_compatible(cfg.model_dump(), resume_dir, cfg.weights_only_resume_from_ema)
         checkpoint = ckpt.find_checkpoint(resume_dir, cfg.resume_epoch, cfg.resume_step)
-        continues = run_files.resumes_exactly(cfg.model_dump(), resume_dir, checkpoint)
+        continues = run_files.resumes_exactly(cfg.model_dump(), resume_dir, checkpoint, dataset_metadata)
     except run_files.RunDirError as err:
         fail(str(err))
     if continues and cfg.checkpoint_path is None:
@@ -144,7 +144,11 @@ def set_up(cfg: TrainConfig, d: Dist) -> tuple[Run, Path | None, bool]:
     check_start(cfg, d)
     if d.device.type == "cpu":
         set_cpu_threads(cfg.arch.hidden_size)
-    cfg, resume_ckpt, continues = resolve_resume(cfg)
+    # the dataset first: the data.path a resume compares with the run's is checked as a fresh run's is
+    dataset = PackedDataset(cfg.data.path, cfg.global_batch_size, num_replicas=d.world_size, rank=d.rank,
+                            epochs=cfg.epochs, target_only=cfg.data.target_only,
+                            max_samples_per_batch=cfg.data.max_samples_per_batch)
+    cfg, resume_ckpt, continues = resolve_resume(cfg, dataset.metadata)
     cfg = derive_names(cfg, d)
     problem = None
     if d.is_main:  # decided once: rank 0 writes the directory as soon as it gets there
@@ -154,9 +158,6 @@ def set_up(cfg: TrainConfig, d: Dist) -> tuple[Run, Path | None, bool]:
             problem = str(err)
     if broadcast_object(problem):
         fail(problem)
-    dataset = PackedDataset(cfg.data.path, cfg.global_batch_size, num_replicas=d.world_size, rank=d.rank,
-                            epochs=cfg.epochs, target_only=cfg.data.target_only,
-                            max_samples_per_batch=cfg.data.max_samples_per_batch)
     vocab_size = model_vocab_size(dataset.vocab_size)
     context_len = dataset.max_seq_len - 1
     if dataset.metadata["max_seq_len"] > dataset.batch_max_length + 1:

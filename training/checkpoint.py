@@ -47,6 +47,12 @@ class CheckpointError(ValueError):
     reason."""
 
 
+def damaged(folder: Path, problem: str) -> CheckpointError:
+    """The error for a checkpoint folder whose files are missing or cut short (a partial copy)."""
+    return CheckpointError(f"damaged checkpoint {folder}: {problem}; copy it again, or pick another with "
+                           "resume_epoch=/resume_step= (training) or ckpt_epoch (evaluation, generation, export)")
+
+
 # Writes the storage refused, named as such (torch.save alone would report a full disk as
 # "unexpected pos", and DCP wraps its writers' errors).
 _STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
@@ -122,18 +128,34 @@ class SafeReader(dcp.FileSystemReader):
         except CheckpointError:
             raise
         except FileNotFoundError:
-            raise CheckpointError(f"{path}: missing; {path.parent} is not a whole DCP checkpoint") from None
+            raise damaged(path.parent, f"{path.name} is missing") from None
         except Exception as err:
-            raise CheckpointError(f"{path}: unreadable checkpoint metadata ({err!r})") from None
+            raise damaged(path.parent, f"{path.name} is unreadable ({err!r})") from None
         if type(metadata).__name__ != "Metadata" or not isinstance(getattr(metadata, "storage_data", None), dict):
             raise CheckpointError(f"{path}: not DCP checkpoint metadata (a {type(metadata).__name__})")
         for info in metadata.storage_data.values():
             relative = Path(getattr(info, "relative_path", ""))
             if relative.is_absolute() or len(relative.parts) != 1 or relative.name in ("", ".", ".."):
                 raise CheckpointError(f"{path}: refusing to load: it points outside its folder ({str(relative)!r})")
+        _check_storage_files(Path(self.path), metadata.storage_data.values())
         metadata.storage_meta = metadata.storage_meta or StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
+
+
+def _check_storage_files(folder: Path, infos) -> None:
+    """Every storage file the metadata points to is there, and long enough for its items (DCP
+    itself would fail half-way through the load, with an EOFError or FileNotFoundError)."""
+    needed: dict[str, int] = {}
+    for info in infos:
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        try:
+            have = (folder / name).stat().st_size
+        except FileNotFoundError:
+            raise damaged(folder, f"{name} is missing") from None
+        if have < size:
+            raise damaged(folder, f"{name} is truncated ({have} bytes, its items need {size})")
 
 
 class SafeLoadPlanner(DefaultLoadPlanner):
@@ -180,7 +202,7 @@ def read_trainer_state(path: Path) -> dict:
         state = json.loads(file.read_text())
         int(state["step"])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{file}: unreadable trainer state ({err!r}); the checkpoint is damaged") from None
+        raise damaged(path, f"{TRAINER_STATE} is unreadable ({err!r})") from None
     return state
 
 
@@ -347,6 +369,8 @@ def load_checkpoint(path: Path, model, optimizer) -> None:
             torch.set_rng_state(torch.load(rng, weights_only=True)["torch"])
         except pickle.UnpicklingError as err:
             raise CheckpointError(f"{rng}: refusing to load ({err})") from None
+        except (RuntimeError, EOFError) as err:
+            raise damaged(path, f"{rng.name} is unreadable ({err})") from None
 
 
 def load_ema_weights(path: Path, model, optimizer) -> None:

@@ -21,7 +21,7 @@ class DataConfig(BaseModel):
 
     path: str = "/dev/shm/sampled"
     target_only: bool = True
-    max_samples_per_batch: int | None = None
+    max_samples_per_batch: int | None = Field(None, ge=1)  # sample slots per rank's batch; None: batch_max_length // 4
 
 
 class TrainConfig(BaseModel):
@@ -37,12 +37,12 @@ class TrainConfig(BaseModel):
     global_batch_size: int = 196608
     epochs: int = 4
     max_steps: int | None = None
-    lr: float = 2.2e-4
-    lr_min_ratio: float = 1.0
-    lr_warmup_steps: int = 2000
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
+    lr: float = Field(2.2e-4, ge=0)  # 0 keeps the weights where they start
+    lr_min_ratio: float = Field(1.0, ge=0, le=1)
+    lr_warmup_steps: int = Field(2000, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
     ema: float | None = 0.9999  # the parameter EMA rate; None: no EMA
     grad_clip: float | None = Field(None, gt=0)  # max global gradient norm; None: not clipped
     seed: int = 0

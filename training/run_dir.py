@@ -116,10 +116,11 @@ def check_resume_compatible(config: dict, resume_dir: Path, weights_only: bool) 
                           "pass the run's arch/net and arch/size overrides")
 
 
-def dataset_changes(resume_dir: Path, data_path: Path) -> list[str] | None:
-    """The metadata.json keys in which the dataset at data_path differs from the one the run in
-    resume_dir trained on: none for the same dataset, wherever it lies now (the tokenizer's path
-    aside: it moves with the data). None when the run kept no copy to compare with."""
+def dataset_changes(resume_dir: Path, dataset_metadata: dict) -> list[str] | None:
+    """The metadata.json keys in which the dataset to train on (its metadata.json, as the dataset
+    read it) differs from the one the run in resume_dir trained on: none for the same dataset,
+    wherever it lies now (the tokenizer's path aside: it moves with the data). None when the run
+    kept no copy to compare with."""
     def comparable(metadata: dict) -> dict:
         return {**metadata, "tokenizer_info": {k: v for k, v in metadata.get("tokenizer_info", {}).items()
                                                if k != "tokenizer_path"}}
@@ -127,11 +128,15 @@ def dataset_changes(resume_dir: Path, data_path: Path) -> list[str] | None:
     saved = resume_dir / DATASET_METADATA
     if not saved.is_file():
         return None
-    old, new = comparable(json.loads(saved.read_text())), comparable(json.loads((data_path / "metadata.json").read_text()))
+    try:
+        old = comparable(json.loads(saved.read_text()))
+    except (ValueError, AttributeError) as err:  # not JSON, or not an object
+        raise RunDirError(f"{saved}: unreadable ({err!r}); copy the run directory again") from None
+    new = comparable(dataset_metadata)
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
-def resumes_exactly(config: dict, resume_dir: Path, checkpoint: Path) -> bool:
+def resumes_exactly(config: dict, resume_dir: Path, checkpoint: Path, dataset_metadata: dict) -> bool:
     """Whether resume_from continues the run exactly (its step, data position and RNG) rather than
     warm-starting at step 0 as the reference's resume does (docs/DESIGN.md, Decisions, "Resume and
     warm starts"): it continues when the checkpoint records its position, weights_only_resume_from_ema
@@ -144,7 +149,7 @@ def resumes_exactly(config: dict, resume_dir: Path, checkpoint: Path) -> bool:
     data_path = Path(config["data"]["path"])
     run_data_path = read_config(resume_dir).get("data", {}).get("path")
     same_path = run_data_path is not None and Path(run_data_path).resolve() == data_path.resolve()
-    changes = dataset_changes(resume_dir, data_path)
+    changes = dataset_changes(resume_dir, dataset_metadata)
     if changes is None:  # a run without its dataset's metadata: the path decides
         return same_path
     if same_path and changes and not config.get("resume_other_data"):

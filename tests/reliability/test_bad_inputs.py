@@ -102,6 +102,8 @@ def ctx(tmp_path_factory, request):
     changed = base / "changed"  # a run whose dataset was rewritten in place since it trained
     shutil.copytree(run, changed)
     shutil.copy(other / "metadata.json", changed / "dataset_metadata.json")
+    corrupt = shutil.copytree(data, base / "corrupt")  # the run's dataset with its metadata.json cut short
+    (corrupt / "metadata.json").write_text((data / "metadata.json").read_text()[:40])
     unfinished = base / "unfinished"
     shutil.copytree(run, unfinished)
     for marker in unfinished.glob("checkpoints/*/COMPLETE"):
@@ -115,7 +117,7 @@ def ctx(tmp_path_factory, request):
         return folder
 
     return dict(base=base, corpus=corpus, tok=tok, bad=bad, data=data, other=other, run=run, poisoned=poisoned,
-                changed=changed, unfinished=unfinished, benchmark=benchmark)
+                changed=changed, unfinished=unfinished, corrupt=corrupt, benchmark=benchmark)
 
 
 def tokenize_case(inputs, out=None):
@@ -175,6 +177,11 @@ CASES = [
      lambda c: "global_batch_size=2"),
     ("pretrain: checkpoint_every_steps=0", lambda c: train([f"data.path={c['data']}", "checkpoint_every_steps=0"]),
      lambda c: "checkpoint_every_steps"),
+    ("pretrain: lr=-1", lambda c: train([f"data.path={c['data']}", "lr=-1"]), lambda c: "lr: Input should be greater than or equal to 0"),
+    ("pretrain: beta2=1", lambda c: train([f"data.path={c['data']}", "beta2=1"]), lambda c: "beta2"),
+    ("pretrain: lr_min_ratio=2", lambda c: train([f"data.path={c['data']}", "lr_min_ratio=2"]), lambda c: "lr_min_ratio"),
+    ("pretrain: data.max_samples_per_batch=0", lambda c: train([f"data.path={c['data']}", "data.max_samples_per_batch=0"]),
+     lambda c: "data.max_samples_per_batch"),
     ("pretrain: keep_last=0", lambda c: train([f"data.path={c['data']}", "keep_last=0"]), lambda c: "keep_last"),
     ("pretrain: data.path without metadata.json", lambda c: train([f"data.path={c['corpus']}"]), lambda c: f"data.path={c['corpus']}"),
     ("pretrain: new run into an existing run", lambda c: train([f"data.path={c['data']}", f"checkpoint_path={c['run']}"]),
@@ -187,6 +194,9 @@ CASES = [
     ("pretrain: resume on its dataset changed in place", lambda c: train([f"data.path={c['data']}", f"resume_from={c['changed']}",
                                                                           "global_batch_size=256"]),
      lambda c: f"data.path={c['data']}"),
+    ("pretrain: resume on a dataset with a corrupt metadata.json", lambda c: train([f"data.path={c['corrupt']}", f"resume_from={c['run']}",
+                                                                                    "global_batch_size=256"]),
+     lambda c: c["corrupt"] / "metadata.json"),
     ("pretrain: warm start into the run's own directory", lambda c: train([f"data.path={c['other']}", f"resume_from={c['run']}",
                                                                            f"checkpoint_path={c['run']}", "global_batch_size=256"]),
      lambda c: f"checkpoint_path={c['run']}"),

@@ -3,6 +3,7 @@ by every tool that reads checkpoints, and the payload never runs."""
 
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -96,3 +97,33 @@ def test_metadata_pointing_outside_its_folder_is_refused(demo_run, tmp_path):
     (checkpoint / ".metadata").write_bytes(pickle.dumps(metadata))
     with pytest.raises(ckpt.CheckpointError, match="points outside its folder"):
         ckpt.read_metadata(checkpoint)
+
+
+def test_a_damaged_checkpoint_is_named_with_the_fix(demo_run, tmp_path):
+    """A partial copy (COMPLETE there, a storage file cut short or absent) fails with one line
+    naming the folder, the file and the fix, not with DCP's EOFError or FileNotFoundError."""
+    from training.run_dir import load_run
+
+    data, run = demo_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    checkpoint = ckpt.find_checkpoint(copy)
+    shard = checkpoint / "__0_0.distcp"
+    size = shard.stat().st_size
+    os.truncate(shard, size // 2)
+    fix = "copy it again, or pick another with resume_epoch=/resume_step= (training) or ckpt_epoch"
+    tools = {
+        "evaluation": ["-m", "evaluation.main", f"ckpt_path={copy}", f"data_dir={FIXTURES}", "run_only=[GSM8k]",
+                       "limit=1", f"results_path={tmp_path / 'eval.json'}"],
+        "resume": ["pretrain.py", "--config-name", "cfg_demo", f"data.path={data / 'sampled'}", f"resume_from={copy}",
+                   "max_steps=31"],
+    }
+    for tool, args in tools.items():
+        result = run_tool(args, tmp_path / "unused")
+        out = result.stdout + result.stderr
+        assert result.returncode != 0 and "Traceback" not in out, (tool, out[-2000:])
+        assert (f"damaged checkpoint {checkpoint}: __0_0.distcp is truncated ({size // 2} bytes, its items need "
+                f"{size})") in out and fix in out, (tool, out[-2000:])
+    shard.unlink()
+    with pytest.raises(ckpt.CheckpointError, match=re.escape(f"damaged checkpoint {checkpoint}: __0_0.distcp is missing; {fix}")):
+        load_run(copy)
