@@ -36,7 +36,7 @@ from models.nets import bp_steps_at
 from models.optimizer import AdamATan2
 from training import checkpoint as ckpt
 from training import run_dir as run_files
-from training.config import TrainConfig, accept_appends, to_train_config
+from training.config import TrainConfig, accept_appends, check_override_keys, to_train_config
 from training.distributed import Dist, broadcast_object, init_distributed, set_cpu_threads
 from training.logger import MetricsLogger
 from training.parallel import parallelize
@@ -338,6 +338,7 @@ def main(hydra_cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_override_keys(sys.argv[1:])
     # Hydra's own output directories are not wanted: the run directory holds everything.
     sys.argv = [sys.argv[0], *accept_appends(sys.argv[1:]), "hydra.run.dir=.", "hydra.output_subdir=null",
                 "hydra/job_logging=none", "hydra/hydra_logging=none"]

@@ -238,6 +238,8 @@ def test_no_wandb_credentials_goes_offline_with_one_line(mixed_lengths, tmp_path
 
 @pytest.mark.parametrize("args, nproc, expected", [
     (["no_such_key=1"], 1, "no_such_key"),
+    (["lrr=1e-3"], 1, "unknown key 'lrr'; did you mean 'lr'? `python pretrain.py --cfg job` prints every key"),
+    (["lr=-1"], 1, "lr: Input should be greater than or equal to 0"),
     (["global_batch_size=255"], 2, "global_batch_size=255 is not divisible by the world size 2"),
     (["data.path=/nonexistent/sampled"], 1, "data.path=/nonexistent/sampled"),
     (["lr=abc"], 1, "lr"),

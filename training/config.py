@@ -5,8 +5,9 @@ every key is listed in cfg_pretrain.yaml); `TrainConfig` then validates types an
 rules, so a bad value fails at start with the key that is wrong.
 """
 
+import difflib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -112,9 +113,39 @@ def accept_appends(args: list[str]) -> list[str]:
     return ["+" + arg if is_key_append(arg) else arg for arg in args]
 
 
+def _model_of(annotation) -> type[BaseModel] | None:
+    """The pydantic model a field holds (also inside `X | None`), or None."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def check_override_keys(args: list[str]) -> None:
+    """Refuse a `key=value` override whose key the schema does not have, with the nearest keys at
+    that level, before Hydra would (its error names no alternative). Group choices (`data=sft`,
+    `arch/size@arch=L`), deletions and Hydra's own keys are Hydra's to check."""
+    for arg in args:
+        key = arg.lstrip("+").split("=", 1)[0]
+        if "=" not in arg or arg.startswith(("~", "-")) or set("/@") & set(key) or key.split(".")[0] == "hydra":
+            continue
+        model, parts = TrainConfig, key.split(".")
+        for depth, part in enumerate(parts):
+            if part not in model.model_fields:
+                prefix = ".".join(parts[:depth] + [""])
+                near = [prefix + k for k in difflib.get_close_matches(part, model.model_fields, n=3)]
+                hint = f"did you mean {' or '.join(repr(k) for k in near)}? " if near else ""
+                raise SystemExit(f"invalid configuration: unknown key {key!r}; {hint}`python pretrain.py --cfg job` "
+                                 "prints every key")
+            model = _model_of(model.model_fields[part].annotation)
+            if model is None:  # a value (or a dict, e.g. arch.H_override): Hydra and the schema check the rest
+                break
+
+
 def compose(config_name: str = "cfg_pretrain", overrides: list[str] | None = None) -> TrainConfig:
     """Compose and validate a config outside a Hydra app (tests, benches, tools)."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
+    check_override_keys(overrides or [])
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return to_train_config(hydra_compose(config_name=config_name, overrides=accept_appends(overrides or [])))
