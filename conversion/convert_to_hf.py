@@ -16,11 +16,14 @@ how stack calls are combined, which hrm_text cannot express: they fail with that
 
 import argparse
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
 
 EXPORTABLE = ("hrm", "transformer")
+TOOL = "convert_to_hf"  # its manifest: OUT/.convert_to_hf_manifest.json (data_io.outputs.Manifest)
 
 
 def _bool(text: str) -> bool:
@@ -130,41 +133,81 @@ def export_tokenizer(tokenizer, out_dir: Path) -> None:
     (out_dir / "hrm_text_conditions.json").write_text(json.dumps(prompt, indent=1))
 
 
+def check_out_dir(out_dir: Path, manifest) -> None:
+    """Refuse an output folder that holds anything but an earlier export of this tool (a folder
+    without the tool's manifest, or an entry the export would replace that the manifest lacks)."""
+    from data_io import DataError
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out_dir {out_dir} is a file; give a new or empty folder")
+    if out_dir.is_dir() and not manifest.names and any(out_dir.iterdir()):
+        raise DataError(f"--out_dir {out_dir} is not empty and holds no earlier export (no {manifest.file.name}); "
+                        "give a new or empty folder (an export written before this tool kept a manifest counts as foreign: "
+                        "delete it first)")
+
+
 def convert(ckpt_path, out_dir, ckpt_epoch=None, use_ema=True, tokenizer_path=None) -> Path:
+    """Write the export into a staging folder beside `out_dir`, then move its files in: an earlier
+    export there is replaced (its files that this one lacks are removed), nothing else is touched,
+    and a failure leaves `out_dir` as it was."""
     from safetensors.torch import save_file
 
+    from data_io.outputs import Manifest
     from data_io.text_tokenizer import tokenizer_from_info
     from training.run_dir import load_run
 
+    out_dir = Path(out_dir)
+    manifest = Manifest(out_dir, TOOL)
+    check_out_dir(out_dir, manifest)
     model, tokenizer, context_len, checkpoint = load_run(ckpt_path, ckpt_epoch, use_ema=use_ema)
     check_exportable(model.arch)
     if tokenizer_path:  # with the run's special-token strings
         tokenizer = tokenizer_from_info(tokenizer.info(), Path(ckpt_path), override=tokenizer_path)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     config = hf_config(model.arch, model.vocab_size, context_len, tokenizer.boq_id, tokenizer.eoa_id, tokenizer.pad_id)
     config.architectures = ["HrmTextForCausalLM"]
-    config.save_pretrained(str(out_dir))
-    save_file(hf_state_dict(model), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    export_tokenizer(tokenizer, out_dir)
+    config.save_pretrained(str(staging))
+    save_file(hf_state_dict(model), str(staging / "model.safetensors"), metadata={"format": "pt"})
+    export_tokenizer(tokenizer, staging)
+    written = sorted(p.name for p in staging.iterdir())
+    manifest.check_free(written)
+    for name in written:
+        os.replace(staging / name, manifest.claim(name))
+    manifest.prune(written)
+    staging.rmdir()
     print(f"exported {checkpoint} ({'EMA' if use_ema else 'live'} weights, net {model.arch.net}) to {out_dir}")
     return out_dir
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _tokenizer_arg(value: str) -> str:
+    """A tokenizer.json, a folder holding one, or tiktoken:NAME (what data_io's load_tokenizer takes)."""
+    path = Path(value)
+    if value.startswith("tiktoken:") or path.is_file() or (path / "tokenizer.json").is_file():
+        return value
+    raise argparse.ArgumentTypeError(f"{value}: no tokenizer.json there; give a tokenizer.json, a folder holding one, "
+                                     "or tiktoken:NAME")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m conversion.convert_to_hf", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt_path", required=True, help="run directory written by pretrain.py")
-    parser.add_argument("--out_dir", required=True, help="output model directory")
+    parser.add_argument("--out_dir", required=True,
+                        help="output model directory: new, empty, or an earlier export of this tool (replaced)")
     parser.add_argument("--ckpt_epoch", type=int, default=None, help="checkpoint at the end of this epoch (default: latest)")
     parser.add_argument("--ckpt_use_ema", type=_bool, default=True, help="export the EMA weights (default true)")
-    parser.add_argument("--tokenizer_path", default=None, help="tokenizer to ship instead of the run's copy")
-    args = parser.parse_args()
+    parser.add_argument("--tokenizer_path", type=_tokenizer_arg, default=None,
+                        help="tokenizer to ship instead of the run's copy: a tokenizer.json or tiktoken:NAME")
+    args = parser.parse_args(argv)
+    from data_io import DataError
     from training.checkpoint import CheckpointError
     from training.run_dir import RunDirError
 
     try:
         convert(args.ckpt_path, args.out_dir, args.ckpt_epoch, args.ckpt_use_ema, args.tokenizer_path)
-    except (CheckpointError, RunDirError, FileNotFoundError) as err:
+    except (CheckpointError, RunDirError, DataError, FileNotFoundError) as err:
         raise SystemExit(f"convert_to_hf: {err}") from None
 
 

@@ -244,3 +244,43 @@ def test_native_and_transformers_engines_apply_the_same_context_limits(engine, e
     free = native.generate(prompts[:1], "direct", 8, 0.0, 1, 1)[0][0]
     assert results[0][0][0] == engine.tokenizer.decode(engine.tokenizer.encode_batch([free])[0][:2]) or \
         results[0][0][0].stop == "eoa"
+
+
+def test_export_refuses_a_folder_that_is_not_an_earlier_export(tmp_path):
+    from data_io import DataError
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")  # a user's file: not to be overwritten
+    # the run does not exist: the folder is checked before anything is loaded
+    with pytest.raises(DataError, match=rf"--out_dir {folder} is not empty and holds no earlier export"):
+        convert(tmp_path / "no_run", folder)
+    assert (folder / "config.json").read_text() == "{}"
+
+
+def test_export_replaces_an_earlier_export_and_keeps_other_files(demo_run, tmp_path):
+    _, run = demo_run
+    out = convert(run, tmp_path / "hf")
+    manifest = out / ".convert_to_hf_manifest.json"
+    first = set(json.loads(manifest.read_text())["written"])
+    assert first == {p.name for p in out.iterdir()} - {manifest.name}
+    # an earlier export that wrote one more file, and a user's notes beside the export
+    (out / "old_weights.bin").write_text("stale")
+    manifest.write_text(json.dumps({"written": sorted(first | {"old_weights.bin"})}))
+    (out / "notes.txt").write_text("mine")
+    convert(run, out)
+    assert {p.name for p in out.iterdir()} == first | {manifest.name, "notes.txt"}
+    assert not list(tmp_path.glob(".*partial"))  # the staging folder is gone
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tokenizer_path", "/nonexistent"], "argument --tokenizer_path: /nonexistent: no tokenizer.json there; "
+                                           "give a tokenizer.json, a folder holding one, or tiktoken:NAME"),
+    (["--ckpt_use_ema", "maybe"], "argument --ckpt_use_ema: expected true or false, got 'maybe'"),
+])
+def test_export_command_line_names_the_bad_flag(capsys, tmp_path, flags, message):
+    from conversion.convert_to_hf import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--ckpt_path", str(tmp_path), "--out_dir", str(tmp_path / "hf"), *flags])
+    assert exited.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
