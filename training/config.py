@@ -1,8 +1,8 @@
 """The training configuration: one pydantic schema, fed by Hydra (config/cfg_*.yaml).
 
-Hydra composes the YAML tree and applies `key=value` overrides (an unknown key fails there, since
-every key is listed in cfg_pretrain.yaml); `TrainConfig` then validates types and cross-field
-rules, so a bad value fails at start with the key that is wrong.
+Hydra composes the YAML tree and applies `key=value` overrides (an unknown key is refused before
+that, naming the nearest known keys: check_override_keys); `TrainConfig` then validates types,
+ranges and cross-field rules, so a bad value fails at start with the key that is wrong.
 """
 
 import difflib
