@@ -7,6 +7,7 @@ at full gradient depth (bp_max_steps), counted by models/flops.py.
 """
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -29,11 +30,16 @@ def build_on_meta(net: str, size: str, vocab_size: int) -> LanguageModel:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m training.model_table", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vocab-size", type=int, default=65536, help="model vocabulary (default: 65536)")
-    parser.add_argument("--context", type=int, default=2048, help="context length for attention FLOPs")
-    parser.add_argument("--sizes", nargs="+", default=GPU_SIZES, help="sizes from config/arch/size")
+    parser.add_argument("--context", type=int, default=2048, help="context length for attention FLOPs (default: 2048)")
+    parser.add_argument("--sizes", nargs="+", default=GPU_SIZES,
+                        help=f"sizes from config/arch/size (default: {' '.join(GPU_SIZES)})")
     args = parser.parse_args()
+    known = sorted(p.stem for p in (Path(__file__).parents[1] / "config" / "arch" / "size").glob("*.yaml"))
+    if unknown := [size for size in args.sizes if size not in known]:
+        parser.error(f"--sizes: unknown {', '.join(unknown)}; config/arch/size has {', '.join(known)}")
 
     print(f"params (M) / executed training GFLOP per token (context {args.context}, vocab {args.vocab_size})\n")
     print("| net | " + " | ".join(args.sizes) + " |")
