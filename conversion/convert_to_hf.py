@@ -5,8 +5,10 @@
 
 Writes config.json (model_type hrm_text), model.safetensors, the tokenizer (bos = boq,
 eos = eoa, pad = pad) and hrm_text_conditions.json (the special tokens and condition tokens that
-build a prompt). Loads with `AutoModelForCausalLM.from_pretrained(OUT)`, no remote code; pass
-`token_type_ids` = 1 on the prompt for its bidirectional attention.
+build a prompt). OUT must be new, empty or an earlier export, whose files (listed in
+OUT/.convert_to_hf_manifest.json) are replaced; other files there stay. Loads with
+`AutoModelForCausalLM.from_pretrained(OUT)`, no remote code; pass `token_type_ids` = 1 on the
+prompt for its bidirectional attention.
 
 Which nets export: `hrm` (pre-norm, no H_override) maps 1:1; `transformer` maps onto hrm_text
 with H_cycles=1, L_cycles=0 and a zero z_L_init (the single stack becomes the H module; the
