@@ -128,14 +128,18 @@ class SimpleEngine:
     def known_conditions(self) -> list[str]:
         return list(self.tokenizer.conditions)
 
-    def encode_prompt(self, text: str, condition: str) -> list[int]:
-        """boq + one token per condition + text + eoq, as data_io.tokenize packs training rows;
-        `condition` is one name or a comma list ("cot,synth")."""
-        names = parse_conditions(condition, "prompt")
+    def condition_names(self, condition: str, where: str = "prompt") -> list[str]:
+        """The names of `condition` (one name or a comma list, "cot,synth"); a name this run's
+        tokenizer has no token for raises DataError naming `where`."""
+        names = parse_conditions(condition, where)
         unknown = [c for c in names if c not in self.tokenizer.conditions]
         if unknown:
-            raise ValueError(f"unknown condition {unknown}; this tokenizer knows {self.known_conditions()}")
-        return self.tokenizer.instruction_ids(self.tokenizer.encode_batch([text])[0], names)
+            raise DataError(f"{where}: unknown condition {unknown}; this run's tokenizer knows {self.known_conditions()}")
+        return names
+
+    def encode_prompt(self, text: str, condition: str) -> list[int]:
+        """boq + one token per condition + text + eoq, as data_io.tokenize packs training rows."""
+        return self.tokenizer.instruction_ids(self.tokenizer.encode_batch([text])[0], self.condition_names(condition))
 
     # -- scoring --------------------------------------------------------------------------------
 
@@ -347,12 +351,6 @@ def read_heldout(path: str) -> list[tuple[str, dict]]:
     return rows
 
 
-def check_conditions(engine: SimpleEngine, condition: str, where: str) -> None:
-    unknown = [c for c in parse_conditions(condition, where) if c not in engine.known_conditions()]
-    if unknown:
-        raise DataError(f"{where}: unknown condition {unknown}; this run's tokenizer knows {engine.known_conditions()}")
-
-
 def positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -441,9 +439,9 @@ def main(argv: list[str] | None = None) -> None:
             rows = read_heldout(args.heldout)
         engine = SimpleEngine.from_checkpoint(args.run, args.ckpt_epoch, use_ema=not args.no_ema)
         if args.command == "generate":
-            check_conditions(engine, args.condition, f"--condition {args.condition}")
+            engine.condition_names(args.condition, f"--condition {args.condition}")
         for where, row in rows:
-            check_conditions(engine, row["condition"], where)
+            engine.condition_names(row["condition"], where)
     except (CheckpointError, RunDirError, DataError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     if engine.device.type == "cpu":  # the program's choice, not the library's: callers keep their own

@@ -10,6 +10,14 @@ from pathlib import Path
 from data_io import DataError
 
 
+def write_json_atomically(path: Path, content, indent: int = 1) -> None:
+    """`content` as JSON at `path`, through a `.partial` file renamed over it: a reader (or a crash)
+    sees the old file or the new one, never half of one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(content, indent=indent) + "\n")
+    os.replace(partial, path)
+
+
 def check_apart(out: Path, inputs: list[str | Path], out_flag: str) -> None:
     """Refuse an output folder that is an input, lies inside an input folder, or holds an input:
     the tool would overwrite or prune its own input. (Beside an input file is fine: a file input
@@ -71,6 +79,4 @@ class Manifest:
 
     def _save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        partial = self.file.with_name(self.file.name + ".partial")
-        partial.write_text(json.dumps({"written": sorted(self.names)}, indent=1) + "\n")
-        os.replace(partial, self.file)
+        write_json_atomically(self.file, {"written": sorted(self.names)})

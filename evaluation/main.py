@@ -1,13 +1,13 @@
 """Benchmark a checkpoint: python -m evaluation.main ckpt_path=... [key=value ...] (--help for the keys)."""
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from data_io.outputs import write_json_atomically
 from evaluation.benchmarks import ALIASES, BENCHMARKS, Benchmark, Source, canonical_name
 from evaluation.engines import Engine, Generation, build_engine, require_known_condition
 from evaluation.search.benchmarks import load_verifier, search_responses
@@ -316,9 +316,7 @@ def write_results(path: Path, cfg: DictConfig, results: dict[str, dict]) -> dict
     merged = read_results(path) | results
     report = {"ckpt_path": cfg.ckpt_path, "results": merged, "config": OmegaConf.to_container(cfg, resolve=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(report, indent=2))
-    os.replace(partial, path)
+    write_json_atomically(path, report, indent=2)
     return report
 
 

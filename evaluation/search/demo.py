@@ -28,7 +28,7 @@ from evaluation.search.compute_optimal import ProblemResult, compute_optimal, di
 from evaluation.search.methods import SearchConfig, search
 from evaluation.search.policy import EnginePolicy
 from evaluation.search.verifiers import AGGREGATIONS, ProgrammaticVerifier, aggregate, split_steps
-from simple_inference_engine import SimpleEngine, check_conditions, positive_int, read_heldout
+from simple_inference_engine import SimpleEngine, positive_int, read_heldout
 from training.checkpoint import CheckpointError
 from training.run_dir import RunDirError
 
@@ -170,7 +170,7 @@ def main(argv=None) -> dict:
                 raise DataError(f"{where}: field 'response' does not end in an `answer N` line; expected rows of "
                                 "`python -m data_io.demo --task steps`")
         engine = SimpleEngine.from_checkpoint(args.run, device="cpu")
-        check_conditions(engine, STEP_CONDITION, f"--run {args.run} (not a model of `make ttc-demo`?)")
+        engine.condition_names(STEP_CONDITION, f"--run {args.run} (not a model of `make ttc-demo`?)")
     except (CheckpointError, RunDirError, DataError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     problems = [row["instruction"] for _, row in rows]
